@@ -1,0 +1,256 @@
+//! Gossip wire messages: typed in memory, postcard on the wire behind a version byte.
+//!
+//! Records travel as `Arc`s so that a simulator (or a router fanning out one update to many
+//! neighbours) shares them instead of copying; [`Message::encode`] / [`Message::decode`] are
+//! the only places bytes appear. Every decoded message is validated ([`Message::decode`]
+//! rejects anything out of bounds), so the state machine never sees malformed input.
+
+use crate::peer::{PeerName, PeerUid, MAX_NICKNAME};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Version of the gossip protocol; the first byte of every encoded message.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Upper bounds enforced on decode (a hostile peer cannot make us allocate without bound).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub const MAX_ENTRIES: usize = 100_000;
+pub const MAX_CONNECTIONS_PER_RECORD: usize = 10_000;
+pub const MAX_ENDPOINTS_PER_RECORD: usize = 10_000;
+pub const MAX_IPS_PER_ENDPOINT: usize = 16;
+pub const MAX_POD_NAME: usize = 512;
+
+/// A gossip channel: each is an independent replicated store of per-peer records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Channel {
+    /// Who is connected to whom ([`PeerRecord`]).
+    Topology,
+    /// Which MACs/IPs live behind which peer ([`EndpointRecord`]).
+    Endpoints,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Topology, Channel::Endpoints];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Topology => "topology",
+            Channel::Endpoints => "endpoints",
+        }
+    }
+}
+
+/// The version stamp of one peer's record: records of the same origin are ordered by
+/// `(version, uid)`, the larger wins. That order is total, so merge is a join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Summary {
+    pub origin: PeerName,
+    pub uid: PeerUid,
+    pub version: u64,
+}
+
+impl Summary {
+    /// The merge order key.
+    pub fn key(&self) -> (u64, PeerUid) {
+        (self.version, self.uid)
+    }
+}
+
+/// One established control connection as its owner reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnRecord {
+    pub peer: PeerName,
+    /// The remote address of the connection (for an outbound one, an address the peer listens on).
+    pub addr: SocketAddr,
+    /// Whether the owner of the record dialled this connection.
+    pub outbound: bool,
+}
+
+/// A peer's topology record: its identity and its established connections.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub summary: Summary,
+    pub nickname: String,
+    /// Sorted by peer name, at most one entry per peer.
+    pub connections: Vec<ConnRecord>,
+}
+
+/// One local endpoint (a pod interface) a peer owns.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub mac: [u8; 6],
+    pub ips: Vec<IpAddr>,
+    /// `namespace/name` of the pod, when known.
+    pub pod: Option<String>,
+}
+
+/// A peer's endpoint record: all endpoints it owns.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub summary: Summary,
+    /// Sorted by MAC, unique MACs.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A gossip message on one control connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// "I have these (newer) records": sent to a few neighbours after a change.
+    Announce {
+        channel: Channel,
+        entries: Vec<Summary>,
+    },
+    /// "This is everything I have": periodic anti-entropy, and on a new connection.
+    Digest {
+        channel: Channel,
+        entries: Vec<Summary>,
+    },
+    /// "Send me your records of these origins."
+    Request {
+        channel: Channel,
+        origins: Vec<PeerName>,
+    },
+    /// Topology records.
+    Topology(Vec<Arc<PeerRecord>>),
+    /// Endpoint records.
+    Endpoints(Vec<Arc<EndpointRecord>>),
+}
+
+/// Why a message was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty message")]
+    Empty,
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("unsupported protocol version {0} (this router speaks {PROTOCOL_VERSION})")]
+    Version(u8),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("trailing bytes after message")]
+    Trailing,
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+}
+
+impl Message {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Message::Announce { channel, .. }
+            | Message::Digest { channel, .. }
+            | Message::Request { channel, .. } => *channel,
+            Message::Topology(_) => Channel::Topology,
+            Message::Endpoints(_) => Channel::Endpoints,
+        }
+    }
+
+    /// Version byte followed by the postcard encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROTOCOL_VERSION];
+        // Serialising plain data into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).expect("postcard encoding of plain data"));
+        out
+    }
+
+    /// Size of [`Message::encode`]'s output (used for accounting without allocating twice).
+    pub fn encoded_len(&self) -> usize {
+        1 + postcard::experimental::serialized_size(self).unwrap_or(0)
+    }
+
+    /// Parses and validates one message. Never panics on any input.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let (&v, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        if v != PROTOCOL_VERSION {
+            return Err(DecodeError::Version(v));
+        }
+        let (msg, tail): (Message, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !tail.is_empty() {
+            return Err(DecodeError::Trailing);
+        }
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Bounds and invariants a well-behaved peer always keeps.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        use DecodeError::Invalid;
+        match self {
+            Message::Announce { entries, .. } | Message::Digest { entries, .. } => {
+                if entries.len() > MAX_ENTRIES {
+                    return Err(Invalid("too many entries"));
+                }
+            }
+            Message::Request { origins, .. } => {
+                if origins.len() > MAX_ENTRIES {
+                    return Err(Invalid("too many origins"));
+                }
+            }
+            Message::Topology(recs) => {
+                if recs.len() > MAX_ENTRIES {
+                    return Err(Invalid("too many records"));
+                }
+                for r in recs {
+                    r.validate()?;
+                }
+            }
+            Message::Endpoints(recs) => {
+                if recs.len() > MAX_ENTRIES {
+                    return Err(Invalid("too many records"));
+                }
+                for r in recs {
+                    r.validate()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PeerRecord {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        use DecodeError::Invalid;
+        if self.nickname.len() > MAX_NICKNAME {
+            return Err(Invalid("nickname too long"));
+        }
+        if self.connections.len() > MAX_CONNECTIONS_PER_RECORD {
+            return Err(Invalid("too many connections"));
+        }
+        if !self.connections.windows(2).all(|w| w[0].peer < w[1].peer) {
+            return Err(Invalid("connections not sorted and unique"));
+        }
+        if self
+            .connections
+            .iter()
+            .any(|c| c.peer == self.summary.origin)
+        {
+            return Err(Invalid("connection to itself"));
+        }
+        Ok(())
+    }
+}
+
+impl EndpointRecord {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        use DecodeError::Invalid;
+        if self.endpoints.len() > MAX_ENDPOINTS_PER_RECORD {
+            return Err(Invalid("too many endpoints"));
+        }
+        if !self.endpoints.windows(2).all(|w| w[0].mac < w[1].mac) {
+            return Err(Invalid("endpoints not sorted by unique MAC"));
+        }
+        for e in &self.endpoints {
+            if e.ips.len() > MAX_IPS_PER_ENDPOINT {
+                return Err(Invalid("too many IPs for one endpoint"));
+            }
+            if e.pod.as_ref().is_some_and(|p| p.len() > MAX_POD_NAME) {
+                return Err(Invalid("pod name too long"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! `Message::decode` never panics: random bytes, and random mutations of valid encodings.
+//! Whatever it accepts is valid and survives a re-encode.
+
+use proptest::prelude::*;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use weft_gossip::{
+    Channel, ConnRecord, Endpoint, EndpointRecord, Message, PeerName, PeerRecord, PeerUid, Summary,
+};
+
+fn name() -> impl Strategy<Value = PeerName> {
+    (0..=PeerName::MAX).prop_map(|v| PeerName::new(v).unwrap())
+}
+
+fn summary() -> impl Strategy<Value = Summary> {
+    (name(), any::<u64>(), any::<u64>()).prop_map(|(origin, uid, version)| Summary {
+        origin,
+        uid: PeerUid(uid),
+        version,
+    })
+}
+
+fn channel() -> impl Strategy<Value = Channel> {
+    prop_oneof![Just(Channel::Topology), Just(Channel::Endpoints)]
+}
+
+fn sock() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+    ]
+}
+
+fn peer_record() -> impl Strategy<Value = Arc<PeerRecord>> {
+    (
+        summary(),
+        "[a-z0-9-]{0,20}",
+        prop::collection::vec((name(), sock(), any::<bool>()), 0..6),
+    )
+        .prop_map(|(summary, nickname, conns)| {
+            let mut connections: Vec<ConnRecord> = conns
+                .into_iter()
+                .filter(|(p, _, _)| *p != summary.origin)
+                .map(|(peer, addr, outbound)| ConnRecord {
+                    peer,
+                    addr,
+                    outbound,
+                })
+                .collect();
+            connections.sort_by_key(|c| c.peer);
+            connections.dedup_by_key(|c| c.peer);
+            Arc::new(PeerRecord {
+                summary,
+                nickname,
+                connections,
+            })
+        })
+}
+
+fn endpoint_record() -> impl Strategy<Value = Arc<EndpointRecord>> {
+    let ep = (
+        any::<[u8; 6]>(),
+        prop::collection::vec(any::<[u8; 4]>().prop_map(IpAddr::from), 0..3),
+        prop::option::of("[a-z]{1,8}/[a-z0-9]{1,12}"),
+    )
+        .prop_map(|(mac, ips, pod)| Endpoint { mac, ips, pod });
+    (summary(), prop::collection::vec(ep, 0..5)).prop_map(|(summary, mut endpoints)| {
+        endpoints.sort_by_key(|e| e.mac);
+        endpoints.dedup_by_key(|e| e.mac);
+        Arc::new(EndpointRecord { summary, endpoints })
+    })
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (channel(), prop::collection::vec(summary(), 0..8))
+            .prop_map(|(channel, entries)| Message::Announce { channel, entries }),
+        (channel(), prop::collection::vec(summary(), 0..8))
+            .prop_map(|(channel, entries)| Message::Digest { channel, entries }),
+        (channel(), prop::collection::vec(name(), 0..8))
+            .prop_map(|(channel, origins)| Message::Request { channel, origins }),
+        prop::collection::vec(peer_record(), 0..4).prop_map(Message::Topology),
+        prop::collection::vec(endpoint_record(), 0..4).prop_map(Message::Endpoints),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Truncate(usize),
+    Insert(usize, u8),
+    Remove(usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 1..=255u8).prop_map(|(i, x)| Mutation::Flip(i, x)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<usize>().prop_map(Mutation::Remove),
+    ]
+}
+
+fn check(bytes: &[u8]) {
+    if let Ok(msg) = Message::decode(bytes) {
+        msg.validate().expect("decode only returns valid messages");
+        let again = Message::decode(&msg.encode()).expect("re-encoded message decodes");
+        assert_eq!(again, msg);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn valid_messages_roundtrip(msg in message()) {
+        let bytes = msg.encode();
+        prop_assert_eq!(bytes.len(), msg.encoded_len());
+        prop_assert_eq!(Message::decode(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        check(&bytes);
+        let mut versioned = vec![weft_gossip::PROTOCOL_VERSION];
+        versioned.extend(&bytes);
+        check(&versioned);
+    }
+
+    #[test]
+    fn mutated_encodings_never_panic(msg in message(), muts in prop::collection::vec(mutation(), 1..6)) {
+        let mut bytes = msg.encode();
+        for m in muts {
+            let n = bytes.len().max(1);
+            match m {
+                Mutation::Flip(i, x) => { if !bytes.is_empty() { bytes[i % n] ^= x; } }
+                Mutation::Truncate(i) => bytes.truncate(i % n),
+                Mutation::Insert(i, b) => bytes.insert(i % (bytes.len() + 1), b),
+                Mutation::Remove(i) => { if !bytes.is_empty() { bytes.remove(i % n); } }
+            }
+        }
+        check(&bytes);
+    }
+}
+
+#[test]
+fn bounds_are_enforced() {
+    assert!(Message::decode(&[]).is_err());
+    assert!(Message::decode(&[weft_gossip::PROTOCOL_VERSION + 1, 0, 0, 0]).is_err());
+    // a huge length prefix must not allocate or panic
+    let mut b = vec![weft_gossip::PROTOCOL_VERSION, 3];
+    b.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+    assert!(Message::decode(&b).is_err());
+    // invalid contents are rejected: a record listing a connection to itself
+    let origin = PeerName::new(5).unwrap();
+    let bad = Message::Topology(vec![Arc::new(PeerRecord {
+        summary: Summary {
+            origin,
+            uid: PeerUid(1),
+            version: 1,
+        },
+        nickname: String::new(),
+        connections: vec![ConnRecord {
+            peer: origin,
+            addr: ([1, 2, 3, 4], 5).into(),
+            outbound: true,
+        }],
+    })]);
+    assert!(Message::decode(&bad.encode()).is_err());
+}

@@ -1,0 +1,106 @@
+//! Command-line interface: `weft router`, `weft status`, `weft lab`.
+//!
+//! Flag names are a contract (BRIEF, "Interfaces"): tools outside this repo drive them.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: an encrypted mesh overlay network"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the mesh router on this host (or network namespace).
+    Router(Box<RouterArgs>),
+    /// Show the status of the router of this network namespace.
+    Status(crate::client::StatusArgs),
+    /// A local mesh of routers in network namespaces (needs root).
+    Lab {
+        #[command(subcommand)]
+        cmd: crate::lab::LabCmd,
+    },
+}
+
+/// `weft router` flags.
+#[derive(Args, Debug, Clone)]
+pub struct RouterArgs {
+    /// Stable peer name (six hex octets, like 02:00:00:00:00:01). Default: derived from
+    /// /etc/machine-id (or the hostname when there is none).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Human-friendly name shown in status. Default: the hostname.
+    #[arg(long)]
+    pub nickname: Option<String>,
+
+    /// A peer to connect to, HOST or HOST:PORT (port defaults to 6783). Repeatable. A peer
+    /// that turns out to be this node itself is ignored.
+    #[arg(long = "peer", value_name = "HOST[:PORT]")]
+    pub peers: Vec<String>,
+
+    /// File holding the network password (trailing newline ignored). Without it (and
+    /// without WEFT_PASSWORD) the mesh runs unauthenticated and unencrypted.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Name of this cluster: salts the password-derived key. All routers of a mesh must agree.
+    #[arg(long, default_value = "weft", env = "WEFT_CLUSTER")]
+    pub cluster: String,
+
+    /// UDP address for control connections (QUIC).
+    #[arg(long, default_value = "0.0.0.0:6783")]
+    pub listen: SocketAddr,
+
+    /// TCP address of the status API (local only by default).
+    #[arg(long, default_value = "127.0.0.1:6784")]
+    pub status_addr: SocketAddr,
+
+    /// TCP address of the Prometheus metrics endpoint (`/metrics`); "off" disables it.
+    #[arg(long, default_value = "0.0.0.0:6782")]
+    pub metrics_addr: String,
+
+    /// Unix socket of the local API (status now; the CNI plugin's way in).
+    #[arg(long, default_value = "/run/weft/weft.sock")]
+    pub api_socket: PathBuf,
+
+    /// Address range for pod IPs (shown in status; allocation arrives with IPAM).
+    #[arg(long, default_value = "10.32.0.0/12")]
+    pub ipalloc_range: String,
+
+    /// Never use the in-kernel VXLAN fastpath.
+    #[arg(long)]
+    pub no_fastpath: bool,
+
+    /// Overlay MTU for pods (default: 1376, fits a 1500-byte underlay with encapsulation).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+
+    /// Directory for persistent state.
+    #[arg(long, default_value = "/var/lib/weft")]
+    pub state_dir: PathBuf,
+
+    /// Directory of Kubernetes YAML (Namespaces, Pods, NetworkPolicies) for the policy enforcer.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+
+    /// Take peers and configuration from the Kubernetes API.
+    #[arg(long)]
+    pub kube: bool,
+
+    /// Do not connect to peers learned from gossip; only to --peer addresses.
+    #[arg(long)]
+    pub no_discovery: bool,
+
+    /// Maximum number of control connections.
+    #[arg(long, default_value_t = 200)]
+    pub conn_limit: usize,
+}

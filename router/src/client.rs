@@ -1,0 +1,305 @@
+//! `weft status`: a small HTTP/1 client for the router's status API, over TCP or a unix socket.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::header;
+use hyper_util::rt::TokioIo;
+
+/// Default time limit of one request, connection included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default status API address (the router of the current network namespace).
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:6784";
+
+/// Where the API is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `host:port`, as given (a name or an IP; IPv6 in brackets).
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses `http://HOST[:PORT]`, `HOST:PORT`, `unix:/path`, `unix:///path` or `/path`.
+    /// The port defaults to 6784, the status API port.
+    pub fn parse(addr: &str) -> anyhow::Result<Endpoint> {
+        let addr = addr.trim();
+        if let Some(rest) = addr.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                bail!("invalid address {addr:?}: expected unix:/path/to/socket");
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if addr.starts_with('/') {
+            return Ok(Endpoint::Unix(PathBuf::from(addr)));
+        }
+        if addr.starts_with("https://") {
+            bail!("invalid address {addr:?}: the weft status API speaks plain http (it is local only)");
+        }
+        let rest = addr.strip_prefix("http://").unwrap_or(addr);
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() || rest.contains("://") {
+            bail!(
+                "invalid address {addr:?}: expected http://HOST:PORT, HOST:PORT, unix:/path or /path"
+            );
+        }
+        let has_port = match authority.rfind(']') {
+            Some(close) => authority[close..].contains(':'),
+            None => authority.contains(':'),
+        };
+        Ok(Endpoint::Tcp(if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:6784")
+        }))
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "http://{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `GET path` from the status API at `addr`; returns the HTTP status code and the body.
+/// Fails (with advice) when the router cannot be reached within 5 s.
+pub async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    get_timeout(addr, path, DEFAULT_TIMEOUT).await
+}
+
+/// [`get`] with another time limit.
+pub async fn get_timeout(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let ep = Endpoint::parse(addr)?;
+    match tokio::time::timeout(timeout, request(&ep, path)).await {
+        Ok(r) => r,
+        Err(_) => Err(unreachable_error(
+            &ep,
+            &format!("no answer within {:.1} s", timeout.as_secs_f64()),
+        )),
+    }
+}
+
+fn unreachable_error(ep: &Endpoint, why: &str) -> anyhow::Error {
+    match ep {
+        Endpoint::Tcp(_) => anyhow!(
+            "cannot reach the weft router at {ep} ({why}): is `weft router` running in this \
+             network namespace?"
+        ),
+        Endpoint::Unix(p) => anyhow!(
+            "cannot reach the weft router at {ep} ({why}): is `weft router` running with \
+             --api-socket {}?",
+            p.display()
+        ),
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        NotFound => "no such socket".into(),
+        PermissionDenied => "permission denied".into(),
+        TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+async fn request(ep: &Endpoint, path: &str) -> anyhow::Result<(u16, String)> {
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    match ep {
+        Endpoint::Tcp(hostport) => {
+            let stream = tokio::net::TcpStream::connect(hostport.as_str())
+                .await
+                .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
+            exchange(TokioIo::new(stream), ep, hostport, &path).await
+        }
+        Endpoint::Unix(p) => {
+            let stream = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
+            exchange(TokioIo::new(stream), ep, "localhost", &path).await
+        }
+    }
+}
+
+async fn exchange<T>(io: T, ep: &Endpoint, host: &str, path: &str) -> anyhow::Result<(u16, String)>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .with_context(|| format!("HTTP handshake with the weft router at {ep}"))?;
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(header::HOST, host)
+        .header(
+            header::USER_AGENT,
+            concat!("weft/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .with_context(|| format!("invalid request path {path:?}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("request GET {path} to the weft router at {ep}"))?;
+    let code = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading the answer to GET {path} from {ep}"))?
+        .to_bytes();
+    driver.abort();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Section of the status to show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusWhat {
+    Peers,
+    Connections,
+    Ipam,
+}
+
+/// `weft status [peers|connections|ipam] [--json] [--addr URL]`
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// What to show (default: the summary).
+    #[arg(value_enum)]
+    pub what: Option<StatusWhat>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Status API of the router: http://HOST:PORT, unix:/path/to.sock or /path/to.sock.
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    pub addr: String,
+}
+
+/// The API path for a section.
+pub fn status_path(what: Option<StatusWhat>, json: bool) -> &'static str {
+    match (what, json) {
+        (None, false) => "/status",
+        (None, true) => "/status.json",
+        (Some(StatusWhat::Peers), false) => "/status/peers",
+        (Some(StatusWhat::Peers), true) => "/status/peers?format=json",
+        (Some(StatusWhat::Connections), false) => "/status/connections",
+        (Some(StatusWhat::Connections), true) => "/status/connections?format=json",
+        (Some(StatusWhat::Ipam), false) => "/status/ipam",
+        (Some(StatusWhat::Ipam), true) => "/status/ipam?format=json",
+    }
+}
+
+/// Pretty-prints a status answer in the field order of the status types when it parses into
+/// them losslessly (a router of the same version), else as it came (keys sorted).
+fn pretty_json(what: Option<StatusWhat>, body: &str) -> anyhow::Result<String> {
+    use crate::status::{ConnInfo, IpamInfo, PeerInfo, Status};
+    fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+        body: &str,
+        v: &serde_json::Value,
+    ) -> Option<String> {
+        let t: T = serde_json::from_str(body).ok()?;
+        if serde_json::to_value(&t).ok()? != *v {
+            return None;
+        }
+        serde_json::to_string_pretty(&t).ok()
+    }
+    let v: serde_json::Value = serde_json::from_str(body)?;
+    let ordered = match what {
+        None => typed::<Status>(body, &v),
+        Some(StatusWhat::Peers) => typed::<Vec<PeerInfo>>(body, &v),
+        Some(StatusWhat::Connections) => typed::<Vec<ConnInfo>>(body, &v),
+        Some(StatusWhat::Ipam) => typed::<IpamInfo>(body, &v),
+    };
+    match ordered {
+        Some(s) => Ok(s),
+        None => Ok(serde_json::to_string_pretty(&v)?),
+    }
+}
+
+/// Runs `weft status`: prints the chosen section; fails when the router is unreachable or
+/// answers with an error.
+pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let path = status_path(args.what, args.json);
+    let (code, body) = get(&args.addr, path).await?;
+    if code != 200 {
+        bail!(
+            "the weft router at {} answered {code} to GET {path}: {}",
+            args.addr,
+            body.trim()
+        );
+    }
+    let mut out = if args.json {
+        pretty_json(args.what, &body)
+            .with_context(|| format!("the weft router at {} sent invalid JSON", args.addr))?
+    } else {
+        body
+    };
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    print_stdout(&out)
+}
+
+/// Writes to stdout; a closed pipe (`weft status | head`) is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_endpoints() {
+        let tcp = |s: &str| Endpoint::Tcp(s.to_string());
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:6784").unwrap(),
+            tcp("127.0.0.1:6784")
+        );
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:6784/").unwrap(),
+            tcp("127.0.0.1:6784")
+        );
+        assert_eq!(Endpoint::parse("127.0.0.1:9").unwrap(), tcp("127.0.0.1:9"));
+        assert_eq!(Endpoint::parse("localhost").unwrap(), tcp("localhost:6784"));
+        assert_eq!(Endpoint::parse("http://[::1]").unwrap(), tcp("[::1]:6784"));
+        assert_eq!(Endpoint::parse("[::1]:80").unwrap(), tcp("[::1]:80"));
+        let unix = |s: &str| Endpoint::Unix(PathBuf::from(s));
+        assert_eq!(
+            Endpoint::parse("unix:/run/weft/weft.sock").unwrap(),
+            unix("/run/weft/weft.sock")
+        );
+        assert_eq!(
+            Endpoint::parse("unix:///run/w.sock").unwrap(),
+            unix("/run/w.sock")
+        );
+        assert_eq!(Endpoint::parse("/run/w.sock").unwrap(), unix("/run/w.sock"));
+        assert!(Endpoint::parse("https://x:1").is_err());
+        assert!(Endpoint::parse("unix:").is_err());
+        assert!(Endpoint::parse("ftp://x").is_err());
+    }
+}

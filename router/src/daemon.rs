@@ -1,0 +1,610 @@
+//! The router's event loop: feeds [`Mesh`] with connection events and messages, executes its
+//! actions on the QUIC transport, and publishes status and metrics.
+//!
+//! One task owns the mesh. Everything else (accepting, dialling, per-connection readers and
+//! writers, resolving `--peer` names) runs in small tasks that report back over one channel,
+//! so the mesh sees events strictly in order and never blocks on the network.
+
+use crate::cli::RouterArgs;
+use crate::identity::{self, PeerSpec};
+use crate::metrics::{HandshakeFailure, Metrics};
+use crate::status::{self, ConnInfo, ConnState, IpamInfo, PeerInfo, Status};
+use crate::transport::{
+    self, CloseCode, ConnSender, ConnectError, ConnectionEnd, Incoming, PeerConn, Transport,
+    TransportConfig,
+};
+use anyhow::{bail, Context};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use weft_gossip::{
+    Action, CloseReason, ConnId, Failure, Identity, Input, Mesh, Message, TargetSource, TargetState,
+};
+
+/// Default overlay MTU: a 1500-byte underlay minus encapsulation headroom.
+pub const DEFAULT_MTU: u32 = 1376;
+/// Queue of outgoing gossip per connection; a peer this far behind is disconnected.
+const SEND_QUEUE: usize = 1024;
+/// How long a failed inbound handshake stays visible in status.
+const INBOUND_FAILURE_TTL: Duration = Duration::from_secs(120);
+/// Inbound handshakes allowed to run at once.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// How often `--peer` host names are resolved again.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
+/// Status snapshots are published at most this often.
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Everything `weft router` needs, resolved from flags and environment.
+pub struct RouterConfig {
+    pub identity: Identity,
+    pub psk: Option<[u8; 32]>,
+    pub listen: SocketAddr,
+    pub status_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub api_socket: PathBuf,
+    pub peers: Vec<PeerSpec>,
+    pub mesh: weft_gossip::Config,
+    pub mtu: u32,
+    pub ipalloc_range: String,
+    pub state_dir: PathBuf,
+}
+
+impl RouterConfig {
+    /// Validates flags; reads the password (never logged).
+    pub fn from_args(a: &RouterArgs) -> anyhow::Result<RouterConfig> {
+        if a.kube {
+            bail!("--kube: the Kubernetes integration is not in this build yet (see docs/operations.md); run with --peer instead");
+        }
+        if a.manifests.is_some() {
+            bail!("--manifests: the policy enforcer is not in this build yet (see docs/operations.md)");
+        }
+        let identity = identity::identity(a.name.as_deref(), a.nickname.as_deref())?;
+        let password = transport::read_password(
+            a.password_file.as_deref(),
+            std::env::var("WEFT_PASSWORD").ok(),
+        )
+        .context("reading the network password")?;
+        let psk = password
+            .as_ref()
+            .map(|p| transport::derive_psk(p, &a.cluster));
+        let metrics_addr = match a.metrics_addr.as_str() {
+            "off" | "" => None,
+            s => Some(
+                s.parse()
+                    .with_context(|| format!("--metrics-addr {s:?} is not HOST:PORT or \"off\""))?,
+            ),
+        };
+        let range = a.ipalloc_range.trim();
+        validate_cidr(range).with_context(|| format!("--ipalloc-range {range:?}"))?;
+        let mtu = a.mtu.unwrap_or(DEFAULT_MTU);
+        if !(576..=65_000).contains(&mtu) {
+            bail!("--mtu {mtu} is out of range (576..=65000)");
+        }
+        if a.conn_limit == 0 {
+            bail!("--conn-limit must be at least 1");
+        }
+        let peers = a
+            .peers
+            .iter()
+            .map(|p| PeerSpec::parse(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(RouterConfig {
+            identity,
+            psk,
+            listen: a.listen,
+            status_addr: a.status_addr,
+            metrics_addr,
+            api_socket: a.api_socket.clone(),
+            peers,
+            mesh: weft_gossip::Config {
+                conn_limit: a.conn_limit,
+                discovery: !a.no_discovery,
+                ..Default::default()
+            },
+            mtu,
+            ipalloc_range: range.to_string(),
+            state_dir: a.state_dir.clone(),
+        })
+    }
+}
+
+fn validate_cidr(s: &str) -> anyhow::Result<()> {
+    let (ip, len) = s.split_once('/').context("expected ADDR/LEN")?;
+    let ip: std::net::IpAddr = ip.parse().context("bad address")?;
+    let len: u8 = len.parse().context("bad prefix length")?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        bail!("prefix length {len} > {max}");
+    }
+    Ok(())
+}
+
+/// What the helper tasks report to the loop.
+enum Event {
+    Established(Box<PeerConn>),
+    DialFailed(SocketAddr, ConnectError),
+    InboundFailed(SocketAddr, ConnectError),
+    Message(ConnId, Message),
+    Closed(ConnId, ConnectionEnd),
+    Resolved(Vec<SocketAddr>),
+}
+
+/// What the loop keeps of a connection: its gossip queue and a handle to close it. The
+/// connection itself is owned by its reader task.
+struct Conn {
+    queue: mpsc::Sender<Message>,
+    handle: ConnSender,
+}
+
+/// Runs the router until SIGINT/SIGTERM.
+pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let me = cfg.identity.clone();
+    let transport = Arc::new(
+        Transport::bind(TransportConfig::new(cfg.listen, me.clone(), cfg.psk))
+            .with_context(|| format!("binding the control port {}", cfg.listen))?,
+    );
+    if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
+        warn!(dir = %cfg.state_dir.display(), error = %e, "cannot create the state directory");
+    }
+    info!(
+        name = %me.name, nickname = %me.nickname, uid = %me.uid,
+        listen = %transport.local_addr(),
+        encryption = cfg.psk.is_some(),
+        "weft router starting"
+    );
+    if cfg.psk.is_none() {
+        warn!("no network password (--password-file or WEFT_PASSWORD): peers are not authenticated and traffic is not encrypted");
+    }
+
+    let metrics = Metrics::new();
+    let (status_tx, status_rx) = watch::channel(Arc::new(initial_status(&cfg, &transport)));
+    let api = status::api_router(status_rx.clone());
+    let status_listener = tokio::net::TcpListener::bind(cfg.status_addr)
+        .await
+        .with_context(|| format!("binding the status API on {}", cfg.status_addr))?;
+    tokio::spawn(status::serve_tcp(status_listener, api.clone()));
+    let unix = status::bind_unix(&cfg.api_socket)
+        .with_context(|| format!("binding the API socket {}", cfg.api_socket.display()))?;
+    tokio::spawn(status::serve_unix_listener(unix, api.clone()));
+    if let Some(addr) = cfg.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+        tokio::spawn(status::serve_tcp(
+            l,
+            crate::metrics::metrics_router(metrics.clone()),
+        ));
+    }
+
+    let seed = rand::random_seed();
+    let mut mesh = Mesh::new(me.clone(), cfg.mesh.clone(), seed, Instant::now());
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(4096);
+    let accepting = Arc::new(AtomicBool::new(true));
+    tokio::spawn(accept_loop(
+        transport.clone(),
+        ev_tx.clone(),
+        accepting.clone(),
+    ));
+    tokio::spawn(resolve_loop(cfg.peers.clone(), ev_tx.clone()));
+
+    let mut lp = Loop {
+        cfg,
+        transport: transport.clone(),
+        ev_tx,
+        conns: HashMap::new(),
+        next_id: 1,
+        inbound_failures: BTreeMap::new(),
+        metrics,
+        started,
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut last_status = Instant::now() - STATUS_INTERVAL;
+    let mut dirty = true;
+    loop {
+        let deadline = mesh.poll_timeout();
+        let status_due = if dirty {
+            last_status + STATUS_INTERVAL
+        } else {
+            deadline
+        };
+        tokio::select! {
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break };
+                let now = Instant::now();
+                let actions = lp.event(&mut mesh, ev, now);
+                lp.execute(&mut mesh, actions);
+                dirty = true;
+            }
+            _ = tokio::time::sleep_until(deadline.min(status_due).into()) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    let actions = mesh.handle(Input::Tick, now);
+                    lp.execute(&mut mesh, actions);
+                    dirty = true;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => { info!("interrupted, shutting down"); break }
+            _ = sigterm.recv() => { info!("terminated, shutting down"); break }
+        }
+        accepting.store(mesh.accepts_inbound(), Ordering::Relaxed);
+        let now = Instant::now();
+        if dirty && now >= last_status + STATUS_INTERVAL {
+            let st = lp.status(&mut mesh, now);
+            lp.update_metrics(&mesh, &st);
+            status_tx.send_replace(Arc::new(st));
+            last_status = now;
+            dirty = false;
+        }
+    }
+    for c in lp.conns.values() {
+        c.handle.close(CloseCode::NORMAL, "router shutting down");
+    }
+    transport.shutdown().await;
+    let _ = std::fs::remove_file(&lp.cfg.api_socket);
+    Ok(())
+}
+
+struct Loop {
+    cfg: RouterConfig,
+    transport: Arc<Transport>,
+    ev_tx: mpsc::Sender<Event>,
+    conns: HashMap<ConnId, Conn>,
+    next_id: ConnId,
+    /// Recent inbound handshake failures by remote address: (reason, when).
+    inbound_failures: BTreeMap<SocketAddr, (String, Instant)>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+impl Loop {
+    fn event(&mut self, mesh: &mut Mesh, ev: Event, now: Instant) -> Vec<Action> {
+        match ev {
+            Event::Established(pc) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let (addr, outbound, peer) = (pc.remote, pc.outbound, pc.peer.clone());
+                info!(peer = %peer.name, nickname = %peer.nickname, %addr, outbound, "connection established");
+                self.inbound_failures.remove(&addr);
+                let (tx, rx) = mpsc::channel(SEND_QUEUE);
+                let handle = pc.sender();
+                tokio::spawn(writer(handle.clone(), rx));
+                tokio::spawn(reader(id, *pc, self.ev_tx.clone()));
+                self.conns.insert(id, Conn { queue: tx, handle });
+                mesh.handle(
+                    Input::ConnectionEstablished {
+                        conn: id,
+                        addr,
+                        outbound,
+                        peer,
+                    },
+                    now,
+                )
+            }
+            Event::DialFailed(addr, err) => {
+                let failure = err.to_failure();
+                self.count_failure(&err);
+                info!(%addr, reason = %failure.detail, "connection attempt failed");
+                mesh.handle(Input::ConnectFailed { addr, failure }, now)
+            }
+            Event::InboundFailed(addr, err) => {
+                self.count_failure(&err);
+                let failure = err.to_failure();
+                warn!(%addr, reason = %failure.detail, "refused inbound connection");
+                self.inbound_failures.insert(addr, (failure.detail, now));
+                Vec::new()
+            }
+            Event::Message(id, msg) => {
+                if self.conns.contains_key(&id) {
+                    mesh.handle(Input::Message { conn: id, msg }, now)
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::Closed(id, end) => {
+                if self.conns.remove(&id).is_none() {
+                    return Vec::new();
+                }
+                let reason: Option<Failure> = end.to_failure();
+                match &reason {
+                    Some(f) => info!(conn = id, reason = %f.detail, "connection lost"),
+                    None => debug!(conn = id, "connection closed"),
+                }
+                if matches!(end, ConnectionEnd::Protocol(_)) {
+                    self.metrics.decode_error();
+                }
+                mesh.handle(Input::ConnectionClosed { conn: id, reason }, now)
+            }
+            Event::Resolved(addrs) => mesh.set_targets(&addrs, now),
+        }
+    }
+
+    fn count_failure(&self, err: &ConnectError) {
+        let reason = match err {
+            ConnectError::PasswordMismatch(_) => HandshakeFailure::PasswordMismatch,
+            e => HandshakeFailure::from(&e.to_failure().kind),
+        };
+        self.metrics.handshake_failure(reason);
+    }
+
+    fn execute(&mut self, mesh: &mut Mesh, actions: Vec<Action>) {
+        let mut queue = std::collections::VecDeque::from(actions);
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Connect { addr } => {
+                    let t = self.transport.clone();
+                    let tx = self.ev_tx.clone();
+                    tokio::spawn(async move {
+                        let ev = match t.dial(addr).await {
+                            Ok(pc) => Event::Established(Box::new(pc)),
+                            Err(e) => Event::DialFailed(addr, e),
+                        };
+                        let _ = tx.send(ev).await;
+                    });
+                }
+                Action::Send { conn, msg } => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        if c.queue.try_send(msg).is_err() {
+                            warn!(conn, "peer is not keeping up with gossip; disconnecting");
+                            c.handle
+                                .close(CloseCode::PROTOCOL, "gossip send queue overflow");
+                        }
+                    }
+                }
+                Action::Close { conn, reason } => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        let code = match reason {
+                            CloseReason::ConnLimit => CloseCode::REFUSED,
+                            CloseReason::Protocol => CloseCode::PROTOCOL,
+                            CloseReason::Duplicate | CloseReason::SelfConnection => {
+                                CloseCode::NORMAL
+                            }
+                        };
+                        debug!(conn, reason = reason.as_str(), "closing connection");
+                        c.handle.close(code, reason.as_str());
+                    }
+                }
+                Action::TopologyChanged | Action::EndpointsChanged => {}
+            }
+        }
+        let _ = mesh;
+    }
+
+    fn status(&mut self, mesh: &mut Mesh, now: Instant) -> Status {
+        self.inbound_failures
+            .retain(|_, (_, t)| now.duration_since(*t) < INBOUND_FAILURE_TTL);
+        let me = mesh.identity().clone();
+        let encrypted = self.cfg.psk.is_some();
+        let mtu = self.cfg.mtu;
+        let mut connections: Vec<ConnInfo> = Vec::new();
+        let all = mesh.connections(now);
+        let established = || all.iter().filter(|c| c.state == TargetState::Established);
+        let connected: std::collections::BTreeSet<_> =
+            established().filter_map(|c| c.peer).collect();
+        let connected_addrs: std::collections::BTreeSet<_> =
+            established().map(|c| c.addr).collect();
+        for c in all {
+            // A second path to a peer we are connected to (a dial racing its inbound
+            // connection, another address of it): the duplicate is resolved by the mesh.
+            let duplicate = c.state != TargetState::Established
+                && (connected_addrs.contains(&c.addr)
+                    || c.peer.is_some_and(|p| connected.contains(&p)));
+            let state = match c.state {
+                _ if duplicate => continue,
+                TargetState::Established => ConnState::Established,
+                TargetState::Connecting => ConnState::Connecting,
+                TargetState::Failed => ConnState::Failed,
+                // Ourselves: nothing to show. An idle target of an unconnected peer waits
+                // for the connection limit: a failure to connect, with its reason.
+                TargetState::IsSelf => continue,
+                TargetState::Idle => ConnState::Failed,
+            };
+            connections.push(ConnInfo {
+                peer: c.peer.map(|p| p.to_string()),
+                nickname: c.nickname.clone(),
+                address: c.addr.to_string(),
+                state,
+                outbound: c.outbound,
+                path: None,
+                encrypted: encrypted && c.state == TargetState::Established,
+                mtu,
+                reason: c.reason.clone(),
+                attempts: c.attempts,
+                retry_in_ms: c.retry_in.map(|d| d.as_millis() as u64),
+                source: match c.source {
+                    TargetSource::Configured => "configured",
+                    TargetSource::Discovered => "discovered",
+                    TargetSource::Inbound => "inbound",
+                }
+                .to_string(),
+            });
+        }
+        for (addr, (reason, _)) in &self.inbound_failures {
+            connections.push(ConnInfo {
+                peer: None,
+                nickname: None,
+                address: addr.to_string(),
+                state: ConnState::Failed,
+                outbound: false,
+                path: None,
+                encrypted: false,
+                mtu,
+                reason: Some(reason.clone()),
+                attempts: 1,
+                retry_in_ms: None,
+                source: "inbound".to_string(),
+            });
+        }
+        let peers = mesh
+            .peers()
+            .into_iter()
+            .map(|p| PeerInfo {
+                name: p.name.to_string(),
+                nickname: p.nickname,
+                uid: p.uid.to_string(),
+                connections: p.connections,
+                reachable: p.reachable || p.name == me.name,
+                next_hop: p.next_hop.map(|n| n.to_string()),
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            name: me.name.to_string(),
+            nickname: me.nickname.clone(),
+            uid: me.uid.to_string(),
+            encryption: encrypted,
+            protocol: weft_gossip::PROTOCOL_VERSION,
+            listen: self.transport.local_addr().to_string(),
+            uptime_secs: now.duration_since(self.started).as_secs(),
+            conn_limit: self.cfg.mesh.conn_limit,
+            discovery: self.cfg.mesh.discovery,
+            targets: self
+                .cfg
+                .peers
+                .iter()
+                .map(|p| format!("{}:{}", p.host, p.port))
+                .collect(),
+            peers,
+            connections,
+            ipam: IpamInfo {
+                range: self.cfg.ipalloc_range.clone(),
+            },
+        }
+    }
+
+    fn update_metrics(&self, mesh: &Mesh, st: &Status) {
+        let count = |s: ConnState| st.connections.iter().filter(|c| c.state == s).count() as i64;
+        self.metrics.set_connection_counts(
+            count(ConnState::Established),
+            count(ConnState::Connecting),
+            count(ConnState::Failed),
+        );
+        self.metrics.set_peers(st.peers.len() as i64);
+        let s = mesh.stats();
+        self.metrics.set_gossip_totals(
+            s.bytes_sent,
+            s.messages_sent,
+            s.bytes_received,
+            s.messages_received,
+        );
+    }
+}
+
+fn initial_status(cfg: &RouterConfig, t: &Transport) -> Status {
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        name: cfg.identity.name.to_string(),
+        nickname: cfg.identity.nickname.clone(),
+        uid: cfg.identity.uid.to_string(),
+        encryption: cfg.psk.is_some(),
+        protocol: weft_gossip::PROTOCOL_VERSION,
+        listen: t.local_addr().to_string(),
+        uptime_secs: 0,
+        conn_limit: cfg.mesh.conn_limit,
+        discovery: cfg.mesh.discovery,
+        targets: Vec::new(),
+        peers: Vec::new(),
+        connections: Vec::new(),
+        ipam: IpamInfo {
+            range: cfg.ipalloc_range.clone(),
+        },
+    }
+}
+
+/// Accepts inbound connections. Refuses them while the mesh is at its connection limit, and
+/// bounds how many unauthenticated handshakes run at once (each holds memory for up to the
+/// handshake timeout), so a flood of connection attempts cannot exhaust the router.
+async fn accept_loop(t: Arc<Transport>, tx: mpsc::Sender<Event>, accepting: Arc<AtomicBool>) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    while let Some(inc) = t.accept().await {
+        if !accepting.load(Ordering::Relaxed) {
+            debug!(remote = %inc.remote(), "connection limit reached; refusing");
+            inc.refuse();
+            continue;
+        }
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            debug!(remote = %inc.remote(), "too many handshakes in progress; refusing");
+            inc.refuse();
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let remote = inc.remote();
+            let ev = match Incoming::complete(inc).await {
+                Ok(pc) => Event::Established(Box::new(pc)),
+                Err(e) => Event::InboundFailed(remote, e),
+            };
+            drop(permit);
+            let _ = tx.send(ev).await;
+        });
+    }
+}
+
+/// Resolves `--peer` values now and every [`RESOLVE_INTERVAL`]; sends the set when it changes.
+async fn resolve_loop(peers: Vec<PeerSpec>, tx: mpsc::Sender<Event>) {
+    let mut last: Option<Vec<SocketAddr>> = None;
+    loop {
+        let mut addrs = Vec::new();
+        let mut unresolved = false;
+        for p in &peers {
+            match p.resolve().await {
+                Ok(a) => addrs.extend(a),
+                Err(e) => {
+                    unresolved = true;
+                    warn!(peer = %p.host, error = %e, "cannot resolve peer");
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        if last.as_ref() != Some(&addrs) {
+            if tx.send(Event::Resolved(addrs.clone())).await.is_err() {
+                return;
+            }
+            last = Some(addrs);
+        }
+        let wait = if unresolved {
+            Duration::from_secs(5)
+        } else {
+            RESOLVE_INTERVAL
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn reader(id: ConnId, mut pc: PeerConn, tx: mpsc::Sender<Event>) {
+    loop {
+        match pc.recv().await {
+            Ok(msg) => {
+                if tx.send(Event::Message(id, msg)).await.is_err() {
+                    return;
+                }
+            }
+            Err(end) => {
+                let _ = tx.send(Event::Closed(id, end)).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn writer(sender: ConnSender, mut rx: mpsc::Receiver<Message>) {
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = sender.send(&msg).await {
+            debug!(error = %e, "gossip send failed");
+            return;
+        }
+    }
+}
+
+mod rand {
+    use rand::{rngs::StdRng, RngCore, SeedableRng};
+    pub fn random_seed() -> u64 {
+        StdRng::from_os_rng().next_u64()
+    }
+}

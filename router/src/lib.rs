@@ -1,0 +1,19 @@
+//! # weft: the router daemon
+//!
+//! Design note. The binary is a thin async driver around pure cores: it owns sockets, clocks
+//! and processes; [`weft_gossip::Mesh`] owns the protocol. Modules:
+//! - `transport`: QUIC control connections (quinn) authenticated by a Noise XXpsk3 handshake
+//!   bound to the QUIC session; framing of gossip messages on per-channel streams.
+//! - `daemon`: the event loop that feeds the mesh and executes its actions.
+//! - `status` / `metrics`: the peer status HTTP API (TCP and unix socket) and Prometheus metrics.
+//! - `client`: `weft status`, reading that API.
+//! - `lab`: `weft lab`, a local mesh in network namespaces.
+
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod identity;
+pub mod lab;
+pub mod metrics;
+pub mod status;
+pub mod transport;

@@ -1,0 +1,305 @@
+//! Prometheus metrics (OpenMetrics text), served on `GET /metrics`.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `weft_peers` | gauge | |
+//! | `weft_connections` | gauge | `state` = established, connecting, failed |
+//! | `weft_gossip_bytes_total` | counter | `direction` = sent, received |
+//! | `weft_gossip_messages_total` | counter | `direction` |
+//! | `weft_handshake_failures_total` | counter | `reason` = auth, password_mismatch, unreachable, refused, protocol |
+//! | `weft_gossip_decode_errors_total` | counter | |
+//! | `weft_build_info` | info | `version` |
+//!
+//! Every label value is pre-created, so each series exists (at 0) from the start.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::status::ConnState;
+
+/// The content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnStateLabels {
+    pub state: ConnState,
+}
+
+impl EncodeLabelValue for ConnState {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Gossip traffic direction.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let s = match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        };
+        std::fmt::Write::write_str(encoder, s)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GossipLabels {
+    pub direction: Direction,
+}
+
+/// Why a connection handshake failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Authentication failed for another reason than a password mismatch (e.g. missing password).
+    Auth,
+    /// Both sides have a password, and they differ.
+    PasswordMismatch,
+    Unreachable,
+    Refused,
+    Protocol,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 5] = [
+        HandshakeFailure::Auth,
+        HandshakeFailure::PasswordMismatch,
+        HandshakeFailure::Unreachable,
+        HandshakeFailure::Refused,
+        HandshakeFailure::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Auth => "auth",
+            HandshakeFailure::PasswordMismatch => "password_mismatch",
+            HandshakeFailure::Unreachable => "unreachable",
+            HandshakeFailure::Refused => "refused",
+            HandshakeFailure::Protocol => "protocol",
+        }
+    }
+}
+
+impl From<&weft_gossip::FailKind> for HandshakeFailure {
+    fn from(k: &weft_gossip::FailKind) -> Self {
+        match k {
+            weft_gossip::FailKind::Unreachable => HandshakeFailure::Unreachable,
+            weft_gossip::FailKind::Auth => HandshakeFailure::Auth,
+            weft_gossip::FailKind::Refused => HandshakeFailure::Refused,
+            weft_gossip::FailKind::Protocol => HandshakeFailure::Protocol,
+        }
+    }
+}
+
+impl EncodeLabelValue for HandshakeFailure {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: HandshakeFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// All of weft's metrics. Handles are cheap clones of what the registry holds, so updating a
+/// field is what the next scrape shows.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `weft_peers`: peers in the topology view (this router included).
+    pub peers: Gauge,
+    /// `weft_connections{state}`.
+    pub connections: Family<ConnStateLabels, Gauge>,
+    /// `weft_gossip_bytes_total{direction}`.
+    pub gossip_bytes: Family<GossipLabels, Counter>,
+    /// `weft_gossip_messages_total{direction}`.
+    pub gossip_messages: Family<GossipLabels, Counter>,
+    /// `weft_handshake_failures_total{reason}`.
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    /// `weft_gossip_decode_errors_total`.
+    pub decode_errors: Counter,
+    /// The version reported by `weft_build_info{version}`.
+    pub version: &'static str,
+    /// Last totals given to [`Metrics::set_gossip_totals`]:
+    /// sent bytes, sent messages, received bytes, received messages.
+    last_gossip: Mutex<[u64; 4]>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let version = env!("CARGO_PKG_VERSION");
+
+        let peers = Gauge::default();
+        registry.register(
+            "weft_peers",
+            "Peers in the topology view, this router included",
+            peers.clone(),
+        );
+        let connections = Family::<ConnStateLabels, Gauge>::default();
+        registry.register(
+            "weft_connections",
+            "Connections of this router by state",
+            connections.clone(),
+        );
+        let gossip_bytes = Family::<GossipLabels, Counter>::default();
+        registry.register(
+            "weft_gossip_bytes",
+            "Gossip bytes on the wire, by direction",
+            gossip_bytes.clone(),
+        );
+        let gossip_messages = Family::<GossipLabels, Counter>::default();
+        registry.register(
+            "weft_gossip_messages",
+            "Gossip messages, by direction",
+            gossip_messages.clone(),
+        );
+        let handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "weft_handshake_failures",
+            "Failed connection handshakes, by reason",
+            handshake_failures.clone(),
+        );
+        let decode_errors = Counter::default();
+        registry.register(
+            "weft_gossip_decode_errors",
+            "Gossip messages that could not be decoded",
+            decode_errors.clone(),
+        );
+        registry.register(
+            "weft_build",
+            "weft build information",
+            Info::new(BuildLabels {
+                version: version.to_string(),
+            }),
+        );
+
+        for state in [
+            ConnState::Established,
+            ConnState::Connecting,
+            ConnState::Failed,
+        ] {
+            let _ = connections.get_or_create(&ConnStateLabels { state });
+        }
+        for direction in [Direction::Sent, Direction::Received] {
+            let _ = gossip_bytes.get_or_create(&GossipLabels { direction });
+            let _ = gossip_messages.get_or_create(&GossipLabels { direction });
+        }
+        for reason in HandshakeFailure::ALL {
+            let _ = handshake_failures.get_or_create(&ReasonLabels { reason });
+        }
+
+        Arc::new(Metrics {
+            registry,
+            peers,
+            connections,
+            gossip_bytes,
+            gossip_messages,
+            handshake_failures,
+            decode_errors,
+            version,
+            last_gossip: Mutex::new([0; 4]),
+        })
+    }
+
+    /// The OpenMetrics text exposition (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error would be a bug in a metric's encoder.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        out
+    }
+
+    pub fn set_peers(&self, n: i64) {
+        self.peers.set(n);
+    }
+
+    pub fn set_connection_counts(&self, established: i64, connecting: i64, failed: i64) {
+        for (state, v) in [
+            (ConnState::Established, established),
+            (ConnState::Connecting, connecting),
+            (ConnState::Failed, failed),
+        ] {
+            self.connections
+                .get_or_create(&ConnStateLabels { state })
+                .set(v);
+        }
+    }
+
+    /// Takes the mesh's running totals and adds what is new since the last call to the
+    /// counters. A total that went down means its source restarted from zero: its whole value
+    /// is new.
+    pub fn set_gossip_totals(
+        &self,
+        sent_bytes: u64,
+        sent_msgs: u64,
+        recv_bytes: u64,
+        recv_msgs: u64,
+    ) {
+        let mut last = self.last_gossip.lock().unwrap_or_else(|p| p.into_inner());
+        let now = [sent_bytes, sent_msgs, recv_bytes, recv_msgs];
+        let delta = |i: usize| {
+            if now[i] >= last[i] {
+                now[i] - last[i]
+            } else {
+                now[i]
+            }
+        };
+        let sent = GossipLabels {
+            direction: Direction::Sent,
+        };
+        let recv = GossipLabels {
+            direction: Direction::Received,
+        };
+        self.gossip_bytes.get_or_create(&sent).inc_by(delta(0));
+        self.gossip_messages.get_or_create(&sent).inc_by(delta(1));
+        self.gossip_bytes.get_or_create(&recv).inc_by(delta(2));
+        self.gossip_messages.get_or_create(&recv).inc_by(delta(3));
+        *last = now;
+    }
+
+    /// Counts one failed handshake.
+    pub fn handshake_failure(&self, reason: HandshakeFailure) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts one undecodable gossip message.
+    pub fn decode_error(&self) {
+        self.decode_errors.inc();
+    }
+}
+
+/// `GET /metrics`; merge it into another router or serve it alone.
+pub fn metrics_router(m: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = m.clone();
+            async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.encode()).into_response() }
+        }),
+    )
+}

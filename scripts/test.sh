@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs every test of weft: formatting, lints, unit and property tests, the deterministic
+# simulations, and the namespace tests (real routers in network namespaces; need root).
+# Installs missing system packages first (Debian). Builds once (release) and reuses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+step "system packages"
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v ping >/dev/null || missing+=(iputils-ping)
+command -v pkill >/dev/null || missing+=(procps)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "missing packages: ${missing[*]} (run as root to install them)" >&2
+  fi
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "note: not root: the namespace tests will be skipped" >&2
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+step "build (release, all targets)"
+cargo build --workspace --all-targets --release
+
+step "tests (unit, property, simulation, namespace)"
+# one test binary at a time for the namespace suites is not needed: each test uses its own
+# uniquely named namespaces; threads are limited only to keep timing on 2 cores sane.
+cargo test --workspace --release -- --test-threads=2
+
+step "simulation smoke (300 peers)"
+cargo run --release -q -p weft-gossip --example simulate -- --peers 300 --seed 7
+
+# Fuzz smoke: every parser target runs briefly (WEFT_FUZZ_SECONDS=0 skips; longer runs: fuzz/README.md).
+fuzz_secs=${WEFT_FUZZ_SECONDS:-20}
+if [ "$fuzz_secs" -gt 0 ]; then
+  step "fuzz smoke (${fuzz_secs}s per target)"
+  command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+  for t in $(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="$fuzz_secs" 2>&1 | tail -n 3)
+  done
+fi
+
+step "done"
