@@ -38,6 +38,8 @@ const MAX_PENDING_HANDSHAKES: usize = 64;
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
 /// Status snapshots are published at most this often.
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// Status snapshots are refreshed at least this often.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Everything `weft router` needs, resolved from flags and environment.
 pub struct RouterConfig {
@@ -203,38 +205,42 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         metrics,
         started,
     };
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut last_status = Instant::now() - STATUS_INTERVAL;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    // The status snapshot is rebuilt after changes (at most every STATUS_INTERVAL) and at
+    // least every STATUS_REFRESH (uptime, retry countdowns).
+    let mut last_status = Instant::now() - STATUS_REFRESH;
     let mut dirty = true;
     loop {
         let deadline = mesh.poll_timeout();
-        let status_due = if dirty {
-            last_status + STATUS_INTERVAL
-        } else {
-            deadline
-        };
+        let status_due = last_status
+            + if dirty {
+                STATUS_INTERVAL
+            } else {
+                STATUS_REFRESH
+            };
         tokio::select! {
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { break };
-                let now = Instant::now();
-                let actions = lp.event(&mut mesh, ev, now);
-                lp.execute(&mut mesh, actions);
+                let actions = lp.event(&mut mesh, ev, Instant::now());
+                lp.execute(actions);
                 dirty = true;
             }
             _ = tokio::time::sleep_until(deadline.min(status_due).into()) => {
                 let now = Instant::now();
                 if now >= deadline {
                     let actions = mesh.handle(Input::Tick, now);
-                    lp.execute(&mut mesh, actions);
-                    dirty = true;
+                    dirty |= !actions.is_empty();
+                    lp.execute(actions);
                 }
             }
-            _ = tokio::signal::ctrl_c() => { info!("interrupted, shutting down"); break }
+            _ = sigint.recv() => { info!("interrupted, shutting down"); break }
             _ = sigterm.recv() => { info!("terminated, shutting down"); break }
         }
         accepting.store(mesh.accepts_inbound(), Ordering::Relaxed);
         let now = Instant::now();
-        if dirty && now >= last_status + STATUS_INTERVAL {
+        if now >= status_due {
             let st = lp.status(&mut mesh, now);
             lp.update_metrics(&mesh, &st);
             status_tx.send_replace(Arc::new(st));
@@ -332,9 +338,8 @@ impl Loop {
         self.metrics.handshake_failure(reason);
     }
 
-    fn execute(&mut self, mesh: &mut Mesh, actions: Vec<Action>) {
-        let mut queue = std::collections::VecDeque::from(actions);
-        while let Some(a) = queue.pop_front() {
+    fn execute(&mut self, actions: Vec<Action>) {
+        for a in actions {
             match a {
                 Action::Connect { addr } => {
                     let t = self.transport.clone();
@@ -372,7 +377,6 @@ impl Loop {
                 Action::TopologyChanged | Action::EndpointsChanged => {}
             }
         }
-        let _ = mesh;
     }
 
     fn status(&mut self, mesh: &mut Mesh, now: Instant) -> Status {
