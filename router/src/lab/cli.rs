@@ -80,6 +80,7 @@ pub async fn run(cmd: LabCmd) -> anyhow::Result<()> {
 }
 
 async fn up(a: LabUpArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(super::check_prerequisites).await??;
     let bin = match a.bin {
         Some(b) => b,
         None => std::env::current_exe().context("finding the weft binary (use --bin)")?,
