@@ -161,6 +161,11 @@ impl ChannelState {
         }
     }
 
+    /// Whether records announced to us are still being fetched.
+    pub fn waiting(&self) -> bool {
+        !self.wants.is_empty()
+    }
+
     pub fn next_deadline(&self) -> Option<Instant> {
         self.next_retry
     }

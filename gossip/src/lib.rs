@@ -20,14 +20,18 @@
 //! record is republished when our connections change, at most once per
 //! `gossip_interval * log2(n) / 2` while they keep changing. See `docs/control-protocol.md`.
 //!
+//! IP address management ([`ipam`]) rides on the same machinery: a third channel carries
+//! each peer's claimed address blocks; allocation of addresses within them is local.
+//!
 //! Modules: `store` (per-origin records and their merge), `gossip` (news, wanted records,
 //! tombstones, message sizes), `sync` (gossip message handling), `conns` (connections,
 //! dialling, discovery, garbage collection), `targets` (addresses, backoff), `routes`
-//! (unicast next hops, broadcast trees), [`mesh`] (the API tying them), [`sim`] (the
-//! simulator).
+//! (unicast next hops, broadcast trees), [`ipam`] (address blocks and allocations),
+//! [`mesh`] (the API tying them), [`sim`] (the simulator).
 
 mod conns;
 mod gossip;
+pub mod ipam;
 pub mod mesh;
 pub mod message;
 pub mod peer;
@@ -37,13 +41,14 @@ mod store;
 mod sync;
 mod targets;
 
+pub use ipam::{AllocKey, Allocation, IpamConfig, IpamError, IpamSpace, IpamStatus, RemoveOutcome};
 pub use mesh::{
     Action, CloseReason, Config, ConnId, ConnectionStatus, FailKind, Failure, GossipStats, Input,
     Mesh, PeerStatus, Routes, TargetSource, TargetState,
 };
 pub use message::{
-    Channel, ConnRecord, DecodeError, Endpoint, EndpointRecord, Message, PeerRecord, Summary,
-    PROTOCOL_VERSION,
+    Channel, ConnRecord, DecodeError, Endpoint, EndpointRecord, IpamRecord, Message, PeerRecord,
+    Removal, Summary, PROTOCOL_VERSION,
 };
 pub use peer::{Identity, ParseNameError, PeerName, PeerUid};
 #[cfg(test)]

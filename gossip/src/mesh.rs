@@ -40,6 +40,9 @@ pub struct Config {
     /// First retry delay after a failed connection; doubles per failure up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// IP address management; `None` (the default) disables it (IPAM records of other
+    /// peers are still relayed).
+    pub ipam: Option<crate::ipam::IpamConfig>,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             gc_grace: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
+            ipam: None,
         }
     }
 }
@@ -136,6 +140,9 @@ pub enum Action {
     TopologyChanged,
     /// The endpoint (MAC) table changed.
     EndpointsChanged,
+    /// IPAM changed: our claims, allocations or removals (write [`Mesh::ipam_snapshot`]
+    /// to the state directory), or the IPAM view (refresh IPAM status).
+    IpamChanged,
 }
 
 /// Where a configured or discovered address stands.
@@ -229,13 +236,13 @@ pub struct Mesh {
     pub(crate) topo: Store<PeerRecord>,
     pub(crate) eps: Store<EndpointRecord>,
     /// Gossip state per channel, indexed by [`chan_index`].
-    pub(crate) chan: [ChannelState; 2],
+    pub(crate) chan: [ChannelState; 3],
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     /// The connection gossip uses for each connected peer (duplicates are not in here).
     pub(crate) primary: BTreeMap<PeerName, ConnId>,
     pub(crate) targets: Targets,
     /// Our next record of each channel gets a version above this (incarnation bumps).
-    pub(crate) version_floor: [u64; 2],
+    pub(crate) version_floor: [u64; 3],
     /// Our endpoints; `None` until first set (then an Endpoints record is published).
     pub(crate) local_endpoints: Option<Vec<Endpoint>>,
     pub(crate) topo_dirty: bool,
@@ -262,12 +269,15 @@ pub struct Mesh {
     pub(crate) changed: [bool; 2],
     pub(crate) stats: GossipStats,
     pub(crate) out: Vec<Action>,
+    /// IPAM records and our IPAM state (`crate::ipam`).
+    pub(crate) ipam: crate::ipam::Ipam,
 }
 
 pub(crate) fn chan_index(c: Channel) -> usize {
     match c {
         Channel::Topology => 0,
         Channel::Endpoints => 1,
+        Channel::Ipam => 2,
     }
 }
 
@@ -291,7 +301,7 @@ impl Mesh {
             conns: BTreeMap::new(),
             primary: BTreeMap::new(),
             targets: Targets::new(),
-            version_floor: [0; 2],
+            version_floor: [0; 3],
             local_endpoints: None,
             topo_dirty: true,
             next_topo_publish: now,
@@ -310,6 +320,7 @@ impl Mesh {
             changed: [false; 2],
             stats: GossipStats::default(),
             out: Vec::new(),
+            ipam: crate::ipam::Ipam::new(config.ipam.as_ref(), now),
             config,
         };
         m.publish_own(now);
@@ -372,6 +383,9 @@ impl Mesh {
         }
         if self.topo_dirty {
             t = t.min(self.next_topo_publish);
+        }
+        if let Some(d) = self.ipam.deadline() {
+            t = t.min(d);
         }
         t
     }
@@ -491,7 +505,7 @@ impl Mesh {
         self.routes_ref()
     }
 
-    fn routes_ref(&self) -> &Routes {
+    pub(crate) fn routes_ref(&self) -> &Routes {
         self.routes.get_or_init(|| {
             let mine: Vec<PeerName> = self.primary.keys().copied().collect();
             crate::routes::compute(self.me.name, &mine, &self.topo)
@@ -504,6 +518,7 @@ impl Mesh {
         match channel {
             Channel::Topology => self.topo.summaries(),
             Channel::Endpoints => self.eps.summaries(),
+            Channel::Ipam => self.ipam.store.summaries(),
         }
     }
 
@@ -518,6 +533,7 @@ impl Mesh {
 
     /// Periodic work and deferred effects of the call; returns the actions.
     fn finish(&mut self, now: Instant) -> Vec<Action> {
+        self.ipam_step(now);
         self.publish_own(now);
         self.send_pending_digests();
         self.request_retries(now);
@@ -548,6 +564,9 @@ impl Mesh {
         }
         if self.changed[1] {
             self.out.push(Action::EndpointsChanged);
+        }
+        if self.ipam.take_notify() {
+            self.out.push(Action::IpamChanged);
         }
         self.changed = [false; 2];
         std::mem::take(&mut self.out)

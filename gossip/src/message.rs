@@ -5,9 +5,10 @@
 //! the only places bytes appear. Every decoded message is validated ([`Message::decode`]
 //! rejects anything out of bounds), so the state machine never sees malformed input.
 
+use crate::ipam::IpamSpace;
 use crate::peer::{PeerName, PeerUid, MAX_NICKNAME};
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 /// Version of the gossip protocol; the first byte of every encoded message.
@@ -20,6 +21,10 @@ pub const MAX_CONNECTIONS_PER_RECORD: usize = 10_000;
 pub const MAX_ENDPOINTS_PER_RECORD: usize = 10_000;
 pub const MAX_IPS_PER_ENDPOINT: usize = 16;
 pub const MAX_POD_NAME: usize = 512;
+/// Blocks (settled plus pending) in one IPAM record: every block of the largest space.
+pub const MAX_IPAM_BLOCKS: usize = 1 << crate::ipam::MAX_BLOCK_BITS;
+pub const MAX_IPAM_LOST: usize = 1 << 16;
+pub const MAX_IPAM_REMOVALS: usize = 10_000;
 
 /// A gossip channel: each is an independent replicated store of per-peer records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -28,15 +33,18 @@ pub enum Channel {
     Topology,
     /// Which MACs/IPs live behind which peer ([`EndpointRecord`]).
     Endpoints,
+    /// Which address blocks each peer claims ([`IpamRecord`]).
+    Ipam,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::Topology, Channel::Endpoints];
+    pub const ALL: [Channel; 3] = [Channel::Topology, Channel::Endpoints, Channel::Ipam];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Topology => "topology",
             Channel::Endpoints => "endpoints",
+            Channel::Ipam => "ipam",
         }
     }
 }
@@ -93,6 +101,41 @@ pub struct EndpointRecord {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// A removal of a peer from IPAM (`weft rmpeer`): every record of `peer` up to the stamp
+/// `(version, uid)` is void, everywhere; the remover took over its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Removal {
+    pub peer: PeerName,
+    pub uid: PeerUid,
+    pub version: u64,
+}
+
+impl Removal {
+    /// The removed record's merge key: records of `peer` with a key up to this are void.
+    pub fn key(&self) -> (u64, PeerUid) {
+        (self.version, self.uid)
+    }
+}
+
+/// A peer's IPAM record: its address space and the blocks it claims (docs: "IPAM" in
+/// `docs/control-protocol.md`). Addresses themselves are allocated locally, not gossiped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IpamRecord {
+    pub summary: Summary,
+    /// Range and block size; blocks are numbered in it.
+    pub space: IpamSpace,
+    /// Settled blocks: owned, allocated from. Sorted, unique.
+    pub blocks: Vec<u32>,
+    /// Claimed blocks still settling (not allocated from yet). Sorted, unique, disjoint
+    /// from `blocks`.
+    pub pending: Vec<u32>,
+    /// Addresses still allocated in blocks this peer lost in a conflict (nobody else may
+    /// hand them out until released). Sorted, unique.
+    pub lost: Vec<Ipv4Addr>,
+    /// Peers this peer removed. Sorted by peer, unique, never the origin.
+    pub removed: Vec<Removal>,
+}
+
 /// A gossip message on one control connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -115,6 +158,8 @@ pub enum Message {
     Topology(Vec<Arc<PeerRecord>>),
     /// Endpoint records.
     Endpoints(Vec<Arc<EndpointRecord>>),
+    /// IPAM records.
+    Ipam(Vec<Arc<IpamRecord>>),
 }
 
 /// Why a message was rejected.
@@ -142,6 +187,7 @@ impl Message {
             | Message::Request { channel, .. } => *channel,
             Message::Topology(_) => Channel::Topology,
             Message::Endpoints(_) => Channel::Endpoints,
+            Message::Ipam(_) => Channel::Ipam,
         }
     }
 
@@ -206,6 +252,14 @@ impl Message {
                     r.validate()?;
                 }
             }
+            Message::Ipam(recs) => {
+                if recs.len() > MAX_ENTRIES {
+                    return Err(Invalid("too many records"));
+                }
+                for r in recs {
+                    r.validate()?;
+                }
+            }
         }
         Ok(())
     }
@@ -250,6 +304,60 @@ impl EndpointRecord {
             if e.pod.as_ref().is_some_and(|p| p.len() > MAX_POD_NAME) {
                 return Err(Invalid("pod name too long"));
             }
+        }
+        Ok(())
+    }
+}
+
+impl IpamRecord {
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        use DecodeError::Invalid;
+        if self.space.check().is_err() {
+            return Err(Invalid("invalid IPAM space"));
+        }
+        if self.blocks.len() + self.pending.len() > MAX_IPAM_BLOCKS {
+            return Err(Invalid("too many IPAM blocks"));
+        }
+        let n = self.space.block_count();
+        for list in [&self.blocks, &self.pending] {
+            if !list.windows(2).all(|w| w[0] < w[1]) {
+                return Err(Invalid("IPAM blocks not sorted and unique"));
+            }
+            if list.last().is_some_and(|&b| b >= n) {
+                return Err(Invalid("IPAM block outside the range"));
+            }
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < self.blocks.len() && j < self.pending.len() {
+            match self.blocks[i].cmp(&self.pending[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    return Err(Invalid("IPAM block both settled and pending"))
+                }
+            }
+        }
+        if self.lost.len() > MAX_IPAM_LOST {
+            return Err(Invalid("too many lost IPAM addresses"));
+        }
+        if !self.lost.windows(2).all(|w| w[0] < w[1]) {
+            return Err(Invalid("lost IPAM addresses not sorted and unique"));
+        }
+        if self
+            .lost
+            .iter()
+            .any(|a| self.space.block_of(u32::from(*a)).is_none())
+        {
+            return Err(Invalid("lost IPAM address outside the range"));
+        }
+        if self.removed.len() > MAX_IPAM_REMOVALS {
+            return Err(Invalid("too many IPAM removals"));
+        }
+        if !self.removed.windows(2).all(|w| w[0].peer < w[1].peer) {
+            return Err(Invalid("IPAM removals not sorted and unique"));
+        }
+        if self.removed.iter().any(|r| r.peer == self.summary.origin) {
+            return Err(Invalid("IPAM record removes its own origin"));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! record's encoded size so that traffic accounting never re-serialises big records.
 
 use crate::message::{
-    Channel, ConnRecord, DecodeError, EndpointRecord, Message, PeerRecord, Summary,
+    Channel, ConnRecord, DecodeError, EndpointRecord, IpamRecord, Message, PeerRecord, Summary,
 };
 use crate::peer::{PeerName, PeerUid};
 use serde::Serialize;
@@ -56,6 +56,19 @@ impl Record for EndpointRecord {
     }
     fn message(recs: Vec<Arc<Self>>) -> Message {
         Message::Endpoints(recs)
+    }
+    fn check(&self) -> Result<(), DecodeError> {
+        self.validate()
+    }
+}
+
+impl Record for IpamRecord {
+    const CHANNEL: Channel = Channel::Ipam;
+    fn summary(&self) -> &Summary {
+        &self.summary
+    }
+    fn message(recs: Vec<Arc<Self>>) -> Message {
+        Message::Ipam(recs)
     }
     fn check(&self) -> Result<(), DecodeError> {
         self.validate()

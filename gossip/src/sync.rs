@@ -49,6 +49,7 @@ impl Mesh {
                 match channel {
                     Channel::Topology => respond(&self.topo, &origins, conn, &mut out),
                     Channel::Endpoints => respond(&self.eps, &origins, conn, &mut out),
+                    Channel::Ipam => respond(&self.ipam.store, &origins, conn, &mut out),
                 }
                 for (c, m, len) in out {
                     self.send(c, m, len);
@@ -62,6 +63,12 @@ impl Mesh {
             }
             Message::Endpoints(recs) => {
                 let ok = self.on_records(conn, recs, now, |m| &mut m.eps);
+                if !ok {
+                    self.close(conn, CloseReason::Protocol, now);
+                }
+            }
+            Message::Ipam(recs) => {
+                let ok = self.on_records(conn, recs, now, |m| &mut m.ipam.store);
                 if !ok {
                     self.close(conn, CloseReason::Protocol, now);
                 }
@@ -118,7 +125,8 @@ impl Mesh {
                     }
                     continue;
                 }
-                let have = if digest {
+                // (IPAM: what we hold is raised to removal stamps, which no summary shows)
+                let have = if digest && channel != Channel::Ipam {
                     mine.map(|o| o.key())
                 } else {
                     self.key_of(channel, &s.origin)
@@ -136,6 +144,9 @@ impl Mesh {
         }
         if let Some(v) = bump {
             self.bump_own(channel, v);
+        }
+        if digest && channel == Channel::Ipam {
+            self.ipam_note_digest();
         }
         if !wanted.is_empty() {
             let len = request_len(&wanted);
@@ -165,6 +176,7 @@ impl Mesh {
         match channel {
             Channel::Topology => self.topo.summaries(),
             Channel::Endpoints => self.eps.summaries(),
+            Channel::Ipam => self.ipam.store.summaries(),
         }
     }
 
@@ -172,6 +184,7 @@ impl Mesh {
         match channel {
             Channel::Topology => self.topo.key(origin),
             Channel::Endpoints => self.eps.key(origin),
+            Channel::Ipam => self.ipam_key(origin),
         }
     }
 
@@ -187,6 +200,7 @@ impl Mesh {
         match channel {
             Channel::Topology => self.topo_dirty = true,
             Channel::Endpoints => self.eps_dirty = true,
+            Channel::Ipam => self.ipam_bump(),
         }
     }
 
@@ -206,7 +220,7 @@ impl Mesh {
         let mut bump = None;
         for rec in recs {
             let s = *rec.summary();
-            let have = store(self).key(&s.origin);
+            let have = self.key_of(R::CHANNEL, &s.origin);
             let size_of = |st: &Store<R>, rec: &Arc<R>| match st.slot(&rec.summary().origin) {
                 Some(slot) if Arc::ptr_eq(&slot.rec, rec) => slot.size,
                 _ => record_size(&**rec),
@@ -243,10 +257,10 @@ impl Mesh {
             }
             self.chan[ci].received(s.origin, s.key(), conn, now);
             self.chan[ci].add_news(s, Some(conn));
-            if ci == 0 {
-                self.topology_touched();
-            } else {
-                self.changed[1] = true;
+            match R::CHANNEL {
+                Channel::Topology => self.topology_touched(),
+                Channel::Endpoints => self.changed[1] = true,
+                Channel::Ipam => self.ipam_merged(s.origin),
             }
         }
         self.stats.bytes_received += records_msg_len(count, bytes) as u64;
@@ -272,7 +286,13 @@ impl Mesh {
     fn send_digests(&mut self, conn: ConnId) {
         for channel in Channel::ALL {
             let entries = self.summaries(channel);
-            if channel == Channel::Endpoints && entries.is_empty() {
+            // an empty IPAM digest still tells the other side it has synchronised
+            let skip = match channel {
+                Channel::Topology => false,
+                Channel::Endpoints => entries.is_empty(),
+                Channel::Ipam => entries.is_empty() && !self.ipam.enabled(),
+            };
+            if skip {
                 continue;
             }
             let len = summaries_msg_len(&entries);
@@ -288,7 +308,9 @@ impl Mesh {
         }
     }
 
-    /// Announces news to ~log2(n) random neighbours.
+    /// Announces news: changes of our own records to every neighbour (summaries are small,
+    /// and random rumour-mongering alone can miss a peer until the next digest), others'
+    /// news to ~log2(n) random neighbours.
     pub(crate) fn gossip_round(&mut self) {
         if self.chan.iter().all(|c| c.news.is_empty()) {
             return;
@@ -296,18 +318,21 @@ impl Mesh {
         let mut conns: Vec<ConnId> = self.primary.values().copied().collect();
         let k = self.fanout().min(conns.len());
         let (chosen, _) = conns.partial_shuffle(&mut self.rng, k);
-        let mut chosen = chosen.to_vec();
-        chosen.sort_unstable();
+        let chosen: std::collections::BTreeSet<ConnId> = chosen.iter().copied().collect();
+        conns.sort_unstable();
+        let me = self.me.name;
         for channel in Channel::ALL {
             let ci = chan_index(channel);
             if self.chan[ci].news.is_empty() {
                 continue;
             }
-            for &c in &chosen {
+            for &c in &conns {
                 let to = self.conns.get(&c).map(|x| x.peer.name);
+                let random_pick = chosen.contains(&c);
                 let entries: Vec<Summary> = self.chan[ci]
                     .news
                     .values()
+                    .filter(|n| random_pick || n.summary.origin == me)
                     .filter(|n| n.from != Some(c) && Some(n.summary.origin) != to)
                     .map(|n| n.summary)
                     .collect();
@@ -337,6 +362,16 @@ impl Mesh {
                 Channel::Endpoints => {
                     let st = &self.eps;
                     self.chan[ci].retries(now, timeout, |o| st.key(o))
+                }
+                Channel::Ipam => {
+                    let (st, removed) = (&self.ipam.store, &self.ipam.removed);
+                    self.chan[ci].retries(now, timeout, |o| {
+                        let have = st.key(o);
+                        match removed.get(o) {
+                            Some(r) => Some(have.map_or(*r, |h| h.max(*r))),
+                            None => have,
+                        }
+                    })
                 }
             };
             let mut by_conn: std::collections::BTreeMap<ConnId, Vec<PeerName>> = Default::default();

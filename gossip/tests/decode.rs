@@ -5,7 +5,8 @@ use proptest::prelude::*;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use weft_gossip::{
-    Channel, ConnRecord, Endpoint, EndpointRecord, Message, PeerName, PeerRecord, PeerUid, Summary,
+    Channel, ConnRecord, Endpoint, EndpointRecord, IpamRecord, IpamSpace, Message, PeerName,
+    PeerRecord, PeerUid, Removal, Summary,
 };
 
 fn name() -> impl Strategy<Value = PeerName> {
@@ -21,7 +22,11 @@ fn summary() -> impl Strategy<Value = Summary> {
 }
 
 fn channel() -> impl Strategy<Value = Channel> {
-    prop_oneof![Just(Channel::Topology), Just(Channel::Endpoints)]
+    prop_oneof![
+        Just(Channel::Topology),
+        Just(Channel::Endpoints),
+        Just(Channel::Ipam)
+    ]
 }
 
 fn sock() -> impl Strategy<Value = SocketAddr> {
@@ -71,6 +76,70 @@ fn endpoint_record() -> impl Strategy<Value = Arc<EndpointRecord>> {
     })
 }
 
+fn ipam_record() -> impl Strategy<Value = Arc<IpamRecord>> {
+    let space = (any::<u32>(), 0u8..=30, 0u8..=20).prop_map(|(net, p, bits)| {
+        let net = if p == 0 {
+            0
+        } else {
+            net & (u32::MAX << (32 - p))
+        };
+        IpamSpace {
+            network: net.into(),
+            prefix_len: p,
+            block_prefix_len: (p + bits).clamp(8, 30),
+        }
+    });
+    (
+        summary(),
+        space,
+        prop::collection::vec((any::<u32>(), any::<bool>()), 0..12),
+        prop::collection::vec(any::<u32>(), 0..4),
+        prop::collection::vec((name(), any::<u64>(), any::<u64>()), 0..4),
+    )
+        .prop_map(|(summary, space, blocks, lost, removed)| {
+            let n = 1u32 << (space.block_prefix_len - space.prefix_len);
+            let mut settled: Vec<u32> = Vec::new();
+            let mut pending: Vec<u32> = Vec::new();
+            let mut all: Vec<(u32, bool)> = blocks.into_iter().map(|(b, s)| (b % n, s)).collect();
+            all.sort();
+            all.dedup_by_key(|x| x.0);
+            for (b, s) in all {
+                if s {
+                    settled.push(b)
+                } else {
+                    pending.push(b)
+                }
+            }
+            let base = u32::from(space.network);
+            let size = 1u64 << (32 - space.prefix_len);
+            let mut lost: Vec<std::net::Ipv4Addr> = lost
+                .into_iter()
+                .map(|x| (base + (u64::from(x) % size) as u32).into())
+                .collect();
+            lost.sort();
+            lost.dedup();
+            let mut removed: Vec<Removal> = removed
+                .into_iter()
+                .filter(|(p, _, _)| *p != summary.origin)
+                .map(|(peer, uid, version)| Removal {
+                    peer,
+                    uid: PeerUid(uid),
+                    version,
+                })
+                .collect();
+            removed.sort_by_key(|r| r.peer);
+            removed.dedup_by_key(|r| r.peer);
+            Arc::new(IpamRecord {
+                summary,
+                space,
+                blocks: settled,
+                pending,
+                lost,
+                removed,
+            })
+        })
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (channel(), prop::collection::vec(summary(), 0..8))
@@ -81,6 +150,7 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(channel, origins)| Message::Request { channel, origins }),
         prop::collection::vec(peer_record(), 0..4).prop_map(Message::Topology),
         prop::collection::vec(endpoint_record(), 0..4).prop_map(Message::Endpoints),
+        prop::collection::vec(ipam_record(), 0..4).prop_map(Message::Ipam),
     ]
 }
 
@@ -167,4 +237,39 @@ fn bounds_are_enforced() {
         }],
     })]);
     assert!(Message::decode(&bad.encode()).is_err());
+    // IPAM records: blocks in range, sorted, settled and pending disjoint, no self-removal
+    let space = IpamSpace {
+        network: [10, 0, 0, 0].into(),
+        prefix_len: 24,
+        block_prefix_len: 28,
+    };
+    let ipam = |blocks: Vec<u32>, pending: Vec<u32>, removed: Vec<Removal>| {
+        Message::Ipam(vec![Arc::new(IpamRecord {
+            summary: Summary {
+                origin,
+                uid: PeerUid(1),
+                version: 1,
+            },
+            space,
+            blocks,
+            pending,
+            lost: vec![],
+            removed,
+        })])
+    };
+    assert!(Message::decode(&ipam(vec![0, 15], vec![3], vec![]).encode()).is_ok());
+    assert!(Message::decode(&ipam(vec![16], vec![], vec![]).encode()).is_err());
+    assert!(Message::decode(&ipam(vec![2, 1], vec![], vec![]).encode()).is_err());
+    assert!(Message::decode(&ipam(vec![1], vec![1], vec![]).encode()).is_err());
+    let me = Removal {
+        peer: origin,
+        uid: PeerUid(1),
+        version: 1,
+    };
+    assert!(Message::decode(&ipam(vec![], vec![], vec![me]).encode()).is_err());
+    let mut bad_space = ipam(vec![], vec![], vec![]);
+    if let Message::Ipam(r) = &mut bad_space {
+        Arc::make_mut(&mut r[0]).space.block_prefix_len = 31;
+    }
+    assert!(Message::decode(&bad_space.encode()).is_err());
 }

@@ -23,6 +23,8 @@ pub enum Command {
     Router(Box<RouterArgs>),
     /// Show the status of the router of this network namespace.
     Status(crate::client::StatusArgs),
+    /// Give the address space of a peer that is gone for good to this router.
+    Rmpeer(RmPeerArgs),
     /// A local mesh of routers in network namespaces (needs root).
     Lab {
         #[command(subcommand)]
@@ -103,4 +105,22 @@ pub struct RouterArgs {
     /// Maximum number of control connections.
     #[arg(long, default_value_t = 200)]
     pub conn_limit: usize,
+
+    /// Remove what the router set up on this host (bridge, TAP, pod interfaces, nftables
+    /// table) and its state in --state-dir, then exit. Run it only with no pods left.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// `weft rmpeer` flags.
+#[derive(Args, Debug, Clone)]
+pub struct RmPeerArgs {
+    /// The peer's name (02:..:07) or nickname.
+    pub peer: String,
+    /// Remove it even if it is reachable now (it will lose its address space).
+    #[arg(long)]
+    pub force: bool,
+    /// The router's API.
+    #[arg(long, default_value = "http://127.0.0.1:6784")]
+    pub addr: String,
 }

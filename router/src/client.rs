@@ -269,6 +269,120 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `POST path` with the JSON text `json` to the API at `addr` (as for [`get`]), within
+/// `timeout`, connection included; returns the HTTP status code and the body. Fails (naming
+/// the address) only when no HTTP answer came: refused, no socket, timeout, broken exchange.
+pub async fn post_json(
+    addr: &str,
+    path: &str,
+    json: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let ep = Endpoint::parse(addr)?;
+    let body = Bytes::from(json.to_string());
+    match tokio::time::timeout(timeout, post_request(&ep, path, body)).await {
+        Ok(r) => r,
+        Err(_) => Err(unreachable_error(
+            &ep,
+            &format!("no answer within {:.1} s", timeout.as_secs_f64()),
+        )),
+    }
+}
+
+async fn post_request(ep: &Endpoint, path: &str, body: Bytes) -> anyhow::Result<(u16, String)> {
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    match ep {
+        Endpoint::Tcp(hostport) => {
+            let stream = tokio::net::TcpStream::connect(hostport.as_str())
+                .await
+                .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
+            post_exchange(TokioIo::new(stream), ep, hostport, &path, body).await
+        }
+        Endpoint::Unix(p) => {
+            let stream = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
+            post_exchange(TokioIo::new(stream), ep, "localhost", &path, body).await
+        }
+    }
+}
+
+async fn post_exchange<T>(
+    io: T,
+    ep: &Endpoint,
+    host: &str,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(u16, String)>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+        .await
+        .with_context(|| format!("HTTP handshake with the weft router at {ep}"))?;
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header(header::HOST, host)
+        .header(
+            header::USER_AGENT,
+            concat!("weft/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .with_context(|| format!("invalid request path {path:?}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("request POST {path} to the weft router at {ep}"))?;
+    let code = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading the answer to POST {path} from {ep}"))?
+        .to_bytes();
+    driver.abort();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `weft rmpeer`: asks the local router to take over a dead peer's address space.
+pub async fn run_rmpeer(args: crate::cli::RmPeerArgs) -> anyhow::Result<()> {
+    let body = serde_json::to_string(&crate::api::RmPeerRequest {
+        peer: args.peer.clone(),
+        force: args.force,
+    })?;
+    let (code, text) = post_json(
+        &args.addr,
+        "/ipam/v1/rmpeer",
+        &body,
+        Duration::from_secs(10),
+    )
+    .await?;
+    if code != 200 {
+        let msg = serde_json::from_str::<crate::api::ApiError>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
+        anyhow::bail!("rmpeer {}: {msg}", args.peer);
+    }
+    let r: crate::api::RmPeerReply = serde_json::from_str(&text)?;
+    println!(
+        "removed {}: {} addresses ({}) now belong to this router",
+        r.peer,
+        r.addresses,
+        if r.blocks.is_empty() {
+            "no blocks".to_string()
+        } else {
+            r.blocks.join(", ")
+        }
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,13 @@
 //! writers, resolving `--peer` names) runs in small tasks that report back over one channel,
 //! so the mesh sees events strictly in order and never blocks on the network.
 
+use crate::api::{self, ApiCommand};
 use crate::cli::RouterArgs;
 use crate::identity::{self, PeerSpec};
 use crate::metrics::{HandshakeFailure, Metrics};
-use crate::status::{self, ConnInfo, ConnState, IpamInfo, PeerInfo, Status};
+use crate::pods::{Gateway, Pods};
+use crate::state;
+use crate::status::{self, ConnInfo, ConnState, IpamInfo, IpamPeerInfo, PeerInfo, Status};
 use crate::transport::{
     self, CloseCode, ConnSender, ConnectError, ConnectionEnd, Incoming, PeerConn, Transport,
     TransportConfig,
@@ -22,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use weft_gossip::ipam::IpamConfig;
 use weft_gossip::{
     Action, CloseReason, ConnId, Failure, Identity, Input, Mesh, Message, TargetSource, TargetState,
 };
@@ -52,8 +56,9 @@ pub struct RouterConfig {
     pub peers: Vec<PeerSpec>,
     pub mesh: weft_gossip::Config,
     pub mtu: u32,
-    pub ipalloc_range: String,
+    pub ipalloc_range: ipnet::Ipv4Net,
     pub state_dir: PathBuf,
+    pub bridge: String,
 }
 
 impl RouterConfig {
@@ -81,8 +86,7 @@ impl RouterConfig {
                     .with_context(|| format!("--metrics-addr {s:?} is not HOST:PORT or \"off\""))?,
             ),
         };
-        let range = a.ipalloc_range.trim();
-        validate_cidr(range).with_context(|| format!("--ipalloc-range {range:?}"))?;
+        let range = parse_range(&a.ipalloc_range)?;
         let mtu = a.mtu.unwrap_or(DEFAULT_MTU);
         if !(576..=65_000).contains(&mtu) {
             bail!("--mtu {mtu} is out of range (576..=65000)");
@@ -106,23 +110,55 @@ impl RouterConfig {
             mesh: weft_gossip::Config {
                 conn_limit: a.conn_limit,
                 discovery: !a.no_discovery,
+                ipam: Some(IpamConfig::new(range)),
                 ..Default::default()
             },
             mtu,
-            ipalloc_range: range.to_string(),
+            ipalloc_range: range,
             state_dir: a.state_dir.clone(),
+            bridge: weft_fastpath::node::DEFAULT_BRIDGE.to_string(),
         })
     }
 }
 
-fn validate_cidr(s: &str) -> anyhow::Result<()> {
-    let (ip, len) = s.split_once('/').context("expected ADDR/LEN")?;
-    let ip: std::net::IpAddr = ip.parse().context("bad address")?;
-    let len: u8 = len.parse().context("bad prefix length")?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    if len > max {
-        bail!("prefix length {len} > {max}");
+/// `--ipalloc-range`: an IPv4 CIDR (host bits ignored) that IPAM can split into blocks.
+pub fn parse_range(s: &str) -> anyhow::Result<ipnet::Ipv4Net> {
+    let s = s.trim();
+    let net: ipnet::Ipv4Net = s
+        .parse()
+        .with_context(|| format!("--ipalloc-range {s:?} is not an IPv4 CIDR like 10.32.0.0/12"))?;
+    let net = net.trunc();
+    IpamConfig::new(net)
+        .space()
+        .with_context(|| format!("--ipalloc-range {s:?}"))?;
+    Ok(net)
+}
+
+/// `weft router --reset`: removes the node plumbing, the nftables table and the state files.
+pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
+    let node = weft_fastpath::NodeConfig::default();
+    let removed = weft_fastpath::node::reset(&node)
+        .await
+        .context("removing the node's interfaces")?;
+    tokio::task::spawn_blocking(crate::masq::remove).await??;
+    for f in [state::IPAM_FILE, state::ENDPOINTS_FILE] {
+        match std::fs::remove_file(a.state_dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {f}")),
+        }
     }
+    println!(
+        "weft reset: removed {} interface(s){}, the nftables table {}, and the state in {}",
+        removed.len(),
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", removed.join(", "))
+        },
+        crate::masq::TABLE,
+        a.state_dir.display()
+    );
     Ok(())
 }
 
@@ -134,6 +170,7 @@ enum Event {
     Message(ConnId, Message),
     Closed(ConnId, ConnectionEnd),
     Resolved(Vec<SocketAddr>),
+    GatewaySet(ipnet::Ipv4Net, Result<(), String>),
 }
 
 /// What the loop keeps of a connection: its gossip queue and a handle to close it. The
@@ -151,8 +188,29 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         Transport::bind(TransportConfig::new(cfg.listen, me.clone(), cfg.psk))
             .with_context(|| format!("binding the control port {}", cfg.listen))?,
     );
-    if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
-        warn!(dir = %cfg.state_dir.display(), error = %e, "cannot create the state directory");
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    let node = weft_fastpath::NodeConfig {
+        bridge: cfg.bridge.clone(),
+        mtu: cfg.mtu,
+        // The peer name is a locally administered unicast MAC, stable across restarts: pods
+        // keep a valid gateway MAC in their ARP caches when the router restarts.
+        bridge_mac: Some(mac_of(me.name)),
+        ..Default::default()
+    };
+    weft_fastpath::setup_node(&node)
+        .await
+        .with_context(|| format!("setting up the node bridge {}", cfg.bridge))?;
+    let range = cfg.ipalloc_range;
+    match tokio::task::spawn_blocking(move || {
+        crate::masq::apply(range.network(), range.prefix_len())
+    })
+    .await?
+    {
+        Ok(()) => info!(%range, "masquerading pod traffic that leaves the range"),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "no masquerade: pods cannot reach outside the range")
+        }
     }
     info!(
         name = %me.name, nickname = %me.nickname, uid = %me.uid,
@@ -166,14 +224,18 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
 
     let metrics = Metrics::new();
     let (status_tx, status_rx) = watch::channel(Arc::new(initial_status(&cfg, &transport)));
-    let api = status::api_router(status_rx.clone());
+    let (api_tx, mut api_rx) = mpsc::channel::<ApiCommand>(256);
+    let api = status::api_router(status_rx.clone()).merge(api::admin_router(api_tx.clone()));
     let status_listener = tokio::net::TcpListener::bind(cfg.status_addr)
         .await
         .with_context(|| format!("binding the status API on {}", cfg.status_addr))?;
     tokio::spawn(status::serve_tcp(status_listener, api.clone()));
     let unix = status::bind_unix(&cfg.api_socket)
         .with_context(|| format!("binding the API socket {}", cfg.api_socket.display()))?;
-    tokio::spawn(status::serve_unix_listener(unix, api.clone()));
+    tokio::spawn(status::serve_unix_listener(
+        unix,
+        api.clone().merge(api::cni_router(api_tx.clone())),
+    ));
     if let Some(addr) = cfg.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -186,6 +248,23 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
 
     let seed = rand::random_seed();
     let mut mesh = Mesh::new(me.clone(), cfg.mesh.clone(), seed, Instant::now());
+    if let Some(snap) = state::read(&cfg.state_dir, state::IPAM_FILE)? {
+        mesh.restore_ipam(&snap, Instant::now()).with_context(|| {
+            format!(
+                "restoring IPAM state from {} (move it away to start afresh: addresses in use by pods here may then be handed out twice)",
+                cfg.state_dir.join(state::IPAM_FILE).display()
+            )
+        })?;
+        info!("IPAM state restored");
+    }
+    let endpoints = state::load_endpoints(&cfg.state_dir)?;
+    let pods = Pods::new(
+        cfg.bridge.clone(),
+        cfg.mtu,
+        cfg.state_dir.clone(),
+        endpoints,
+    );
+    let initial = mesh.set_local_endpoints(pods.gossip_endpoints(), Instant::now());
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(4096);
     let accepting = Arc::new(AtomicBool::new(true));
     tokio::spawn(accept_loop(
@@ -204,8 +283,11 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         inbound_failures: BTreeMap::new(),
         metrics,
         started,
+        pods,
+        ipam_dirty: false,
     };
     use tokio::signal::unix::{signal, SignalKind};
+    lp.execute(initial);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     // The status snapshot is rebuilt after changes (at most every STATUS_INTERVAL) and at
@@ -235,11 +317,33 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
                     lp.execute(actions);
                 }
             }
+            Some(cmd) = api_rx.recv() => {
+                let now = Instant::now();
+                let mut actions = lp.pods.handle(&mut mesh, cmd, now);
+                // IPAM calls outside `handle` leave their gossip for the next tick: flush it.
+                actions.extend(mesh.handle(Input::Tick, now));
+                lp.execute(actions);
+                dirty = true;
+            }
             _ = sigint.recv() => { info!("interrupted, shutting down"); break }
             _ = sigterm.recv() => { info!("terminated, shutting down"); break }
         }
         accepting.store(mesh.accepts_inbound(), Ordering::Relaxed);
         let now = Instant::now();
+        if let Some(gw) = lp.pods.gateway_step(&mut mesh, now) {
+            let bridge = lp.cfg.bridge.clone();
+            let tx = lp.ev_tx.clone();
+            tokio::spawn(async move {
+                let r = weft_fastpath::set_gateway(&bridge, gw)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Event::GatewaySet(gw, r)).await;
+            });
+        }
+        if std::mem::take(&mut lp.ipam_dirty) {
+            lp.pods.save_ipam(&mesh);
+        }
         if now >= status_due {
             let st = lp.status(&mut mesh, now);
             lp.update_metrics(&mesh, &st);
@@ -266,6 +370,9 @@ struct Loop {
     inbound_failures: BTreeMap<SocketAddr, (String, Instant)>,
     metrics: Arc<Metrics>,
     started: Instant,
+    pods: Pods,
+    /// IPAM state changed: write the snapshot.
+    ipam_dirty: bool,
 }
 
 impl Loop {
@@ -327,6 +434,10 @@ impl Loop {
                 mesh.handle(Input::ConnectionClosed { conn: id, reason }, now)
             }
             Event::Resolved(addrs) => mesh.set_targets(&addrs, now),
+            Event::GatewaySet(net, result) => {
+                self.pods.gateway_set(net, result);
+                Vec::new()
+            }
         }
     }
 
@@ -353,11 +464,17 @@ impl Loop {
                     });
                 }
                 Action::Send { conn, msg } => {
+                    tracing::trace!(conn, ?msg, "gossip send");
                     if let Some(c) = self.conns.get(&conn) {
-                        if c.queue.try_send(msg).is_err() {
-                            warn!(conn, "peer is not keeping up with gossip; disconnecting");
-                            c.handle
-                                .close(CloseCode::PROTOCOL, "gossip send queue overflow");
+                        match c.queue.try_send(msg) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                warn!(conn, "peer is not keeping up with gossip; disconnecting");
+                                c.handle
+                                    .close(CloseCode::PROTOCOL, "gossip send queue overflow");
+                            }
+                            // The writer ended (connection closing): the reader reports it.
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
                         }
                     }
                 }
@@ -374,6 +491,7 @@ impl Loop {
                         c.handle.close(code, reason.as_str());
                     }
                 }
+                Action::IpamChanged => self.ipam_dirty = true,
                 Action::TopologyChanged | Action::EndpointsChanged => {}
             }
         }
@@ -475,10 +593,97 @@ impl Loop {
                 .collect(),
             peers,
             connections,
-            ipam: IpamInfo {
-                range: self.cfg.ipalloc_range.clone(),
-            },
+            ipam: self.ipam_info(mesh, now),
+            endpoints: mesh
+                .endpoints()
+                .into_iter()
+                .map(|(owner, e)| crate::status::EndpointInfo {
+                    owner: owner.to_string(),
+                    mac: e
+                        .mac
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                    ips: e.ips.iter().map(|i| i.to_string()).collect(),
+                    pod: e.pod,
+                })
+                .collect(),
         }
+    }
+
+    fn ipam_info(&self, mesh: &Mesh, now: Instant) -> IpamInfo {
+        let mut info = IpamInfo {
+            range: self.cfg.ipalloc_range.to_string(),
+            gateway: match &self.pods.gateway {
+                Gateway::Ready(n) | Gateway::Setting(n) => Some(n.to_string()),
+                Gateway::Failed(n, e) => Some(format!("{n} (not set: {e})")),
+                Gateway::Waiting(_) => None,
+            },
+            ..Default::default()
+        };
+        let st = match mesh.ipam_status(now) {
+            Ok(st) => st,
+            Err(e) => {
+                info.error = Some(e.to_string());
+                return info;
+            }
+        };
+        let label = |n: weft_gossip::PeerName| {
+            mesh.peers()
+                .into_iter()
+                .find(|p| p.name == n)
+                .map_or_else(|| n.to_string(), |p| format!("{n}({})", p.nickname))
+        };
+        info.block_size = st.block_size;
+        info.blocks_total = st.blocks_total;
+        info.blocks_free = st.blocks_free;
+        info.used = st.ours.used;
+        info.free = st.ours.free;
+        let cidrs = |v: &[ipnet::Ipv4Net]| v.iter().map(|n| n.to_string()).collect();
+        info.peers = st
+            .peers
+            .iter()
+            .map(|p| IpamPeerInfo {
+                name: p.name.to_string(),
+                nickname: p.nickname.clone(),
+                blocks: cidrs(&p.blocks),
+                pending: cidrs(&p.pending),
+                addresses: p.addresses,
+                reachable: p.reachable || p.is_self,
+            })
+            .collect();
+        info.unreachable_owners = st.unreachable_owners.iter().map(|n| label(*n)).collect();
+        info.removed = st.removed.iter().map(|n| n.to_string()).collect();
+        for c in &st.conflicts {
+            info.problems.push(format!(
+                "{} still holds {} address(es) in block {} now owned by {}",
+                label(c.holder),
+                c.addresses.len(),
+                c.block,
+                c.owner.map_or("nobody".to_string(), label)
+            ));
+        }
+        for m in &st.mismatched {
+            info.problems.push(format!(
+                "{} uses range {} with /{} blocks; this router uses {}",
+                label(m.peer),
+                m.range,
+                m.block_prefix_len,
+                st.range
+            ));
+        }
+        if !st.ours.duplicates.is_empty() {
+            info.problems.push(format!(
+                "addresses held twice after a partition: {:?}",
+                st.ours.duplicates
+            ));
+        }
+        if st.ours.exhausted {
+            info.problems
+                .push("the range is exhausted: new pods cannot get an address".to_string());
+        }
+        info
     }
 
     fn update_metrics(&self, mesh: &Mesh, st: &Status) {
@@ -515,9 +720,17 @@ fn initial_status(cfg: &RouterConfig, t: &Transport) -> Status {
         peers: Vec::new(),
         connections: Vec::new(),
         ipam: IpamInfo {
-            range: cfg.ipalloc_range.clone(),
+            range: cfg.ipalloc_range.to_string(),
+            ..Default::default()
         },
+        endpoints: Vec::new(),
     }
+}
+
+/// The bytes of a peer name, used as the bridge's MAC.
+fn mac_of(name: weft_gossip::PeerName) -> [u8; 6] {
+    let b = name.as_u64().to_be_bytes();
+    [b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
 /// Accepts inbound connections. Refuses them while the mesh is at its connection limit, and

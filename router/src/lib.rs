@@ -9,11 +9,16 @@
 //! - `client`: `weft status`, reading that API.
 //! - `lab`: `weft lab`, a local mesh in network namespaces.
 
+pub mod api;
 pub mod cli;
 pub mod client;
+pub mod cni;
 pub mod daemon;
 pub mod identity;
 pub mod lab;
+pub mod masq;
 pub mod metrics;
+pub mod pods;
+pub mod state;
 pub mod status;
 pub mod transport;

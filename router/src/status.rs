@@ -45,6 +45,19 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     pub connections: Vec<ConnInfo>,
     pub ipam: IpamInfo,
+    /// The gossiped endpoint (MAC) table: every pod interface in the mesh.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// One pod interface of the mesh, from the gossiped endpoint table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EndpointInfo {
+    /// Name of the peer the endpoint lives behind.
+    pub owner: String,
+    pub mac: String,
+    pub ips: Vec<String>,
+    pub pod: Option<String>,
 }
 
 /// One peer of the topology view.
@@ -114,6 +127,45 @@ pub struct ConnInfo {
 pub struct IpamInfo {
     /// The allocation range (CIDR); empty when IPAM is off.
     pub range: String,
+    /// Why IPAM is not working, if it is not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// This node's bridge address (`10.32.0.1/12`) once allocated.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub block_size: u32,
+    #[serde(default)]
+    pub blocks_total: u32,
+    #[serde(default)]
+    pub blocks_free: u32,
+    /// Addresses allocated here / free in this node's blocks.
+    #[serde(default)]
+    pub used: u64,
+    #[serde(default)]
+    pub free: u64,
+    /// Ranges per peer.
+    #[serde(default)]
+    pub peers: Vec<IpamPeerInfo>,
+    /// Owners of blocks we cannot reach (down, partitioned, or gone: `weft rmpeer`).
+    #[serde(default)]
+    pub unreachable_owners: Vec<String>,
+    /// Human-readable problems: conflicts after a partition, peers with another range.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+/// One peer's address space.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IpamPeerInfo {
+    pub name: String,
+    pub nickname: Option<String>,
+    pub blocks: Vec<String>,
+    pub pending: Vec<String>,
+    pub addresses: u64,
+    pub reachable: bool,
 }
 
 impl Status {
@@ -203,6 +255,17 @@ impl Status {
             ("Conn limit", self.conn_limit.to_string()),
             ("Discovery", enabled(self.discovery).to_string()),
             ("IPAM", ipam_summary(&self.ipam)),
+            (
+                "Endpoints",
+                format!(
+                    "{} ({} on this node)",
+                    self.endpoints.len(),
+                    self.endpoints
+                        .iter()
+                        .filter(|e| e.owner == self.name)
+                        .count()
+                ),
+            ),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
@@ -313,7 +376,48 @@ impl Status {
         } else {
             &self.ipam.range
         };
-        format!("Range: {range}\n")
+        let i = &self.ipam;
+        let mut out = format!("Range: {range}\n");
+        if let Some(e) = &i.error {
+            out += &format!("Error: {e}\n");
+        }
+        if i.range.is_empty() || i.error.is_some() {
+            return out;
+        }
+        out += &format!(
+            "Gateway: {}\nBlocks: {} of /{} ({} addresses each), {} free\nThis node: {} used, {} free\n",
+            i.gateway.as_deref().unwrap_or("(not yet allocated)"),
+            i.blocks_total,
+            32 - i.block_size.max(1).trailing_zeros(),
+            i.block_size,
+            i.blocks_free,
+            i.used,
+            i.free
+        );
+        for p in &i.peers {
+            let who = label(&p.name, p.nickname.as_deref().unwrap_or(""));
+            let state = if p.reachable { "" } else { "  UNREACHABLE" };
+            let pending = if p.pending.is_empty() {
+                String::new()
+            } else {
+                format!("  claiming {}", p.pending.join(", "))
+            };
+            out += &format!(
+                "{who:<32} {:>8} addresses  {}{pending}{state}\n",
+                p.addresses,
+                p.blocks.join(", ")
+            );
+        }
+        for p in &i.problems {
+            out += &format!("PROBLEM: {p}\n");
+        }
+        if !i.unreachable_owners.is_empty() {
+            out += &format!(
+                "Unreachable owners: {} (if gone for good: weft rmpeer NAME)\n",
+                i.unreachable_owners.join(", ")
+            );
+        }
+        out
     }
 }
 

@@ -88,7 +88,9 @@ fn sample() -> Status {
         ],
         ipam: IpamInfo {
             range: "10.32.0.0/12".into(),
+            ..Default::default()
         },
+        endpoints: Vec::new(),
     }
 }
 

@@ -16,12 +16,18 @@
 //!   `idle_timeout`. [`Sim::restart`] crashes a peer and starts a new incarnation (new
 //!   uid, same name and address, same configured targets) at once.
 //!
+//! IPAM (when `SimConfig::mesh.ipam` is set): each peer has a simulated state directory
+//! holding its IPAM snapshot, written on every `IpamChanged` and after every allocation
+//! through the simulator ([`Sim::ipam_allocate`]), and restored when the peer starts
+//! again (helpers and checks in `ipam.rs`).
+//!
 //! Messages are shared as typed values (fast mode) or sent through
 //! [`Message::encode`]/[`Message::decode`] (`wire: true`). Traffic is counted by the
 //! meshes themselves ([`Mesh::stats`]); in wire mode the simulator also counts the bytes
 //! it carried, which must agree.
 
 mod check;
+mod ipam;
 
 use crate::mesh::{Action, Config, ConnId, FailKind, Failure, Input, Mesh};
 use crate::message::{Endpoint, Message};
@@ -82,6 +88,8 @@ pub struct PeerOptions {
     pub password: u32,
     /// Local endpoints it publishes.
     pub endpoints: Vec<Endpoint>,
+    /// IPAM configuration replacing the simulation's (e.g. another range).
+    pub ipam: Option<crate::ipam::IpamConfig>,
 }
 
 struct Peer {
@@ -97,6 +105,8 @@ struct Peer {
     next_tick: Option<Instant>,
     /// Open links of this incarnation.
     links: BTreeSet<usize>,
+    /// The simulated state directory: the latest IPAM snapshot.
+    ipam_state: Option<Vec<u8>>,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
@@ -329,6 +339,7 @@ impl Sim {
             opts,
             next_tick: None,
             links: BTreeSet::new(),
+            ipam_state: None,
         });
         self.by_addr.insert(addr, i);
         self.start(i);
@@ -341,7 +352,16 @@ impl Sim {
         let seed = self.rng.random();
         let p = &mut self.peers[i];
         p.identity.uid = uid;
-        let mut mesh = Mesh::new(p.identity.clone(), self.cfg.mesh.clone(), seed, self.now);
+        let mut cfg = self.cfg.mesh.clone();
+        if let Some(ipam) = &p.opts.ipam {
+            cfg.ipam = Some(ipam.clone());
+        }
+        let mut mesh = Mesh::new(p.identity.clone(), cfg, seed, self.now);
+        if let Some(state) = &p.ipam_state {
+            if let Err(e) = mesh.restore_ipam(state, self.now) {
+                panic!("peer {i}: restoring its IPAM state: {e}");
+            }
+        }
         let mut addrs: Vec<SocketAddr> = p.opts.targets.iter().map(|&t| Self::addr_of(t)).collect();
         addrs.extend(p.opts.extra_targets.iter().copied());
         let eps = p.opts.endpoints.clone();
@@ -637,6 +657,10 @@ impl Sim {
                 }
                 Action::TopologyChanged | Action::EndpointsChanged => {
                     self.last_view_change = self.now;
+                }
+                Action::IpamChanged => {
+                    self.last_view_change = self.now;
+                    self.save_ipam(i);
                 }
             }
         }

@@ -44,6 +44,9 @@ pub struct LabUpArgs {
     /// The weft binary to run as router (default: this one).
     #[arg(long)]
     pub bin: Option<PathBuf>,
+    /// Pods per node, attached through the weft-net CNI plugin (0 for none).
+    #[arg(long, default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(0..=16))]
+    pub pods: usize,
     /// Extra arguments for every `weft router`, after `--`.
     #[arg(last = true)]
     pub router_args: Vec<String>,
@@ -96,12 +99,13 @@ async fn up(a: LabUpArgs) -> anyhow::Result<()> {
         nodes: a.nodes,
         password,
         timeout: Duration::from_secs(a.timeout),
-        bin,
+        bin: bin.clone(),
         router_args: a.router_args,
         wait: false,
     };
     let id = a.id;
     let n = a.nodes;
+    let plugin = super::pods::weft_net_beside(&opts.bin);
     say!(
         "weft lab {id}: {n} node{} in namespaces weft-{id}-n1..n{n} on switch weft-{id}-sw, \
          underlay 10.201.0.0/24",
@@ -129,6 +133,52 @@ async fn up(a: LabUpArgs) -> anyhow::Result<()> {
     );
     let statuses: Vec<_> = statuses.into_iter().map(Some).collect();
     client::print_stdout(&lab.summary_table(&statuses))?;
+    if a.pods > 0 {
+        let started = std::time::Instant::now();
+        let per_node = a.pods;
+        let pods =
+            tokio::task::block_in_place(|| super::pods::start_pods(&lab, &plugin, per_node))?;
+        say!(
+            "\n{} pods attached through weft-net in {:.2} s:",
+            pods.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let mut table =
+            String::from("POD     NODE  NAMESPACE                 IP              GATEWAY\n");
+        for p in &pods {
+            table += &format!(
+                "n{}-p{:<3} n{:<4} {:<25} {:<15} {}\n",
+                p.node, p.index, p.node, p.namespace, p.ip, p.gateway
+            );
+        }
+        client::print_stdout(&table)?;
+        // Pods on one node talk through its bridge; across nodes once a data path exists.
+        let checks = tokio::task::spawn_blocking(move || {
+            pods.iter()
+                .filter_map(|p| {
+                    let q = pods
+                        .iter()
+                        .find(|q| q.node == p.node && q.index == p.index + 1)?;
+                    Some((
+                        p.namespace.clone(),
+                        q.ip.clone(),
+                        super::pods::ping(&p.namespace, &q.ip),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        for (from, to, ok) in &checks {
+            say!(
+                "  ping {from} -> {to}: {}",
+                if *ok { "ok" } else { "FAILED" }
+            );
+        }
+        if checks.iter().any(|c| !c.2) {
+            anyhow::bail!("pods on the same node cannot reach each other (see the node logs)");
+        }
+        say!("pods on different nodes reach each other once the sleeve/fastpath data path lands");
+    }
     let weft = self_command();
     let flag = id_flag(&id);
     say!(

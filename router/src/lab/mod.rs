@@ -11,6 +11,7 @@
 //! [`LabGuard`] that tears the lab down when dropped. Nodes are numbered from 1, like
 //! their namespaces (`weft-<id>-n1`).
 
+pub mod pods;
 pub mod process;
 pub mod topology;
 

@@ -26,6 +26,7 @@ pub fn channel_id(c: Channel) -> u8 {
     match c {
         Channel::Topology => 0,
         Channel::Endpoints => 1,
+        Channel::Ipam => 2,
     }
 }
 
@@ -34,6 +35,7 @@ pub fn channel_from_id(id: u8) -> Option<Channel> {
     match id {
         0 => Some(Channel::Topology),
         1 => Some(Channel::Endpoints),
+        2 => Some(Channel::Ipam),
         _ => None,
     }
 }
@@ -104,7 +106,7 @@ pub enum SendError {
 #[derive(Clone)]
 pub struct ConnSender {
     shared: Arc<Shared>,
-    streams: Arc<[tokio::sync::Mutex<Option<quinn::SendStream>>; 2]>,
+    streams: Arc<[tokio::sync::Mutex<Option<quinn::SendStream>>; Channel::ALL.len()]>,
 }
 
 /// Finishes a stream whose frame write was interrupted, so the next send starts a new one.
@@ -234,7 +236,7 @@ impl PeerConn {
             secrets,
             sender: ConnSender {
                 shared: shared.clone(),
-                streams: Arc::new([tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)]),
+                streams: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(None))),
             },
             shared,
             rx,
