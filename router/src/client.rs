@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::header;
 use hyper_util::rt::TokioIo;
 
@@ -82,8 +82,20 @@ pub async fn get_timeout(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    call(addr, hyper::Method::GET, path, None, timeout).await
+}
+
+/// One request to the API at `addr`, connection included, within `timeout`.
+async fn call(
+    addr: &str,
+    method: hyper::Method,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let ep = Endpoint::parse(addr)?;
-    match tokio::time::timeout(timeout, request(&ep, path)).await {
+    let body = json.map(|j| Bytes::from(j.to_string()));
+    match tokio::time::timeout(timeout, request(&ep, method, path, body)).await {
         Ok(r) => r,
         Err(_) => Err(unreachable_error(
             &ep,
@@ -117,7 +129,13 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-async fn request(ep: &Endpoint, path: &str) -> anyhow::Result<(u16, String)> {
+/// Connects to `ep` and runs one exchange; `body` is sent as JSON.
+async fn request(
+    ep: &Endpoint,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> anyhow::Result<(u16, String)> {
     let path = if path.starts_with('/') {
         path.to_string()
     } else {
@@ -128,43 +146,56 @@ async fn request(ep: &Endpoint, path: &str) -> anyhow::Result<(u16, String)> {
             let stream = tokio::net::TcpStream::connect(hostport.as_str())
                 .await
                 .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
-            exchange(TokioIo::new(stream), ep, hostport, &path).await
+            exchange(TokioIo::new(stream), ep, hostport, method, &path, body).await
         }
         Endpoint::Unix(p) => {
             let stream = tokio::net::UnixStream::connect(p)
                 .await
                 .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
-            exchange(TokioIo::new(stream), ep, "localhost", &path).await
+            exchange(TokioIo::new(stream), ep, "localhost", method, &path, body).await
         }
     }
 }
 
-async fn exchange<T>(io: T, ep: &Endpoint, host: &str, path: &str) -> anyhow::Result<(u16, String)>
+async fn exchange<T>(
+    io: T,
+    ep: &Endpoint,
+    host: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> anyhow::Result<(u16, String)>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
         .await
         .with_context(|| format!("HTTP handshake with the weft router at {ep}"))?;
     let driver = tokio::spawn(conn);
-    let req = hyper::Request::get(path)
+    let mut req = hyper::Request::builder()
+        .method(method.clone())
+        .uri(path)
         .header(header::HOST, host)
         .header(
             header::USER_AGENT,
             concat!("weft/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
+        );
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(body.unwrap_or_default()))
         .with_context(|| format!("invalid request path {path:?}"))?;
     let resp = sender
         .send_request(req)
         .await
-        .with_context(|| format!("request GET {path} to the weft router at {ep}"))?;
+        .with_context(|| format!("request {method} {path} to the weft router at {ep}"))?;
     let code = resp.status().as_u16();
     let body = resp
         .into_body()
         .collect()
         .await
-        .with_context(|| format!("reading the answer to GET {path} from {ep}"))?
+        .with_context(|| format!("reading the answer to {method} {path} from {ep}"))?
         .to_bytes();
     driver.abort();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
@@ -278,76 +309,7 @@ pub async fn post_json(
     json: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    let ep = Endpoint::parse(addr)?;
-    let body = Bytes::from(json.to_string());
-    match tokio::time::timeout(timeout, post_request(&ep, path, body)).await {
-        Ok(r) => r,
-        Err(_) => Err(unreachable_error(
-            &ep,
-            &format!("no answer within {:.1} s", timeout.as_secs_f64()),
-        )),
-    }
-}
-
-async fn post_request(ep: &Endpoint, path: &str, body: Bytes) -> anyhow::Result<(u16, String)> {
-    let path = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    };
-    match ep {
-        Endpoint::Tcp(hostport) => {
-            let stream = tokio::net::TcpStream::connect(hostport.as_str())
-                .await
-                .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
-            post_exchange(TokioIo::new(stream), ep, hostport, &path, body).await
-        }
-        Endpoint::Unix(p) => {
-            let stream = tokio::net::UnixStream::connect(p)
-                .await
-                .map_err(|e| unreachable_error(ep, &io_reason(&e)))?;
-            post_exchange(TokioIo::new(stream), ep, "localhost", &path, body).await
-        }
-    }
-}
-
-async fn post_exchange<T>(
-    io: T,
-    ep: &Endpoint,
-    host: &str,
-    path: &str,
-    body: Bytes,
-) -> anyhow::Result<(u16, String)>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    use http_body_util::Full;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
-        .await
-        .with_context(|| format!("HTTP handshake with the weft router at {ep}"))?;
-    let driver = tokio::spawn(conn);
-    let req = hyper::Request::post(path)
-        .header(header::HOST, host)
-        .header(
-            header::USER_AGENT,
-            concat!("weft/", env!("CARGO_PKG_VERSION")),
-        )
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .with_context(|| format!("invalid request path {path:?}"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .with_context(|| format!("request POST {path} to the weft router at {ep}"))?;
-    let code = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .with_context(|| format!("reading the answer to POST {path} from {ep}"))?
-        .to_bytes();
-    driver.abort();
-    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    call(addr, hyper::Method::POST, path, Some(json), timeout).await
 }
 
 /// `weft rmpeer`: asks the local router to take over a dead peer's address space.
