@@ -16,7 +16,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::packet_core::Nla;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridgePort, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{nl_to_io, Error, Result};
 use crate::netns::current_netns_label;
@@ -52,6 +52,9 @@ pub struct Link {
     pub tun: Option<TunInfo>,
     /// For bridge ports: whether the port is in the forwarding state.
     pub port_forwarding: Option<bool>,
+    /// For bridge ports: whether hairpin mode is on (`IFLA_BRPORT_MODE`), i.e. whether the
+    /// bridge may send a frame back out of the port it came in on.
+    pub port_hairpin: Option<bool>,
 }
 
 /// Flags of a tun/tap link (`IFLA_TUN_*`, kernel 4.15+).
@@ -83,6 +86,7 @@ impl Link {
             alias: None,
             tun: None,
             port_forwarding: None,
+            port_hairpin: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -103,12 +107,18 @@ impl Link {
                                 link.tun = Some(parse_tun(tun));
                             }
                             LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
-                                link.port_forwarding = port.iter().find_map(|a| match a {
-                                    InfoBridgePort::State(s) => {
-                                        Some(*s == BridgePortState::Forwarding)
+                                for a in port {
+                                    match a {
+                                        InfoBridgePort::State(s) => {
+                                            link.port_forwarding =
+                                                Some(*s == BridgePortState::Forwarding)
+                                        }
+                                        InfoBridgePort::HairpinMode(on) => {
+                                            link.port_hairpin = Some(*on)
+                                        }
+                                        _ => {}
                                     }
-                                    _ => None,
-                                });
+                                }
                             }
                             _ => {}
                         }
@@ -273,6 +283,24 @@ impl Netlink {
             .build();
         self.set_link("attaching to the bridge (mtu, master, up)", &link.name, msg)
             .await
+    }
+
+    /// Turn hairpin mode on for bridge port `link` (which must already be a port: the kernel
+    /// answers `EOPNOTSUPP` otherwise). Setting it when it is already on is harmless.
+    ///
+    /// Sent as `RTM_NEWLINK` on the existing link with `IFLA_LINKINFO` { `IFLA_INFO_SLAVE_KIND`
+    /// "bridge", `IFLA_INFO_SLAVE_DATA` { `IFLA_BRPORT_MODE` } }, the bridge's port
+    /// `changelink`: the same request as `ip link set dev X type bridge_slave hairpin on`.
+    /// Netlink acts in this connection's namespace; sysfs (`brport/hairpin_mode`) would act in
+    /// whichever namespace `/sys` was mounted for, wrong after a `setns`.
+    pub(crate) async fn enable_port_hairpin(&self, link: &Link) -> Result<()> {
+        let msg = LinkBridgePort::new(link.index).hairpin(true).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err("enabling hairpin mode on bridge port", &link.name, e))
     }
 
     /// Delete a link; `Ok(false)` when it was already gone.

@@ -118,6 +118,7 @@ async fn plumb(
     // so the announcement below is not dropped by a not-yet-active device.
     let host_end = host.require_link(&req.host_ifname).await?;
     host.enslave_up(&host_end, bridge.index, req.mtu).await?;
+    ensure_hairpin(host, &host_end, bridge).await?;
 
     let p = params.clone();
     let host2 = host.clone();
@@ -146,6 +147,18 @@ async fn plumb(
         host_ifname: req.host_ifname.clone(),
         ifindex_in_pod: index,
     })
+}
+
+/// Hairpin mode on the host end's bridge port, so that traffic the node NATs back to the pod
+/// it came from (a pod reaching itself through a service address) may leave by the port it
+/// came in on. `host_end` is the link as read before `enslave_up`: when it was already a port
+/// of this bridge with hairpin on, there is nothing to do; otherwise (a new port, or one
+/// whose hairpin mode someone turned off) it is set.
+async fn ensure_hairpin(host: &Netlink, host_end: &Link, bridge: &Link) -> Result<()> {
+    if host_end.controller == Some(bridge.index) && host_end.port_hairpin == Some(true) {
+        return Ok(());
+    }
+    host.enable_port_hairpin(host_end).await
 }
 
 /// Send the announcement once it can arrive: the pod end must be operationally up and the
@@ -243,6 +256,7 @@ async fn readopt(
         }
     };
     host.enslave_up(&host_end, bridge.index, req.mtu).await?;
+    ensure_hairpin(host, &host_end, bridge).await?;
     let p = params.clone();
     let host2 = host.clone();
     let host_index = host_end.index;

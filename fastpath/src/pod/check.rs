@@ -7,8 +7,8 @@ use crate::nl::Netlink;
 use crate::node::require_bridge;
 
 /// Verify an attachment: the pod interface exists, is up, peered with the host end, has the
-/// address, MTU and default route; the host end is up, on the bridge, with the MTU. Every
-/// mismatch is listed in one [`Error::CheckFailed`].
+/// address, MTU and default route; the host end is up, on the bridge (hairpin mode on), with
+/// the MTU. Every mismatch is listed in one [`Error::CheckFailed`].
 pub async fn check_pod_interface(req: &PodIfaceRequest) -> Result<()> {
     validate(req)?;
     let ns = Netns::open(&req.netns)?;
@@ -34,6 +34,8 @@ pub async fn check_pod_interface(req: &PodIfaceRequest) -> Result<()> {
                         "host interface is not attached to bridge {}",
                         b.name
                     ));
+                } else if h.port_hairpin != Some(true) {
+                    problems.push("hairpin mode is off on the host interface's bridge port".into());
                 }
             }
             if h.mtu != Some(req.mtu) {

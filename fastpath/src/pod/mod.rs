@@ -2,9 +2,17 @@
 //!
 //! ADD creates the pair in the host namespace (host end `vethweXXXXXXXX`, pod end under a
 //! temporary name), moves the pod end into the pod namespace, attaches the host end to the
-//! bridge, then inside the pod renames the pod end to `ifname`, sets MTU, address, up (and
-//! `lo` up), the default route via the node's gateway, and announces the address with one
-//! gratuitous ARP. If any step fails, the host end is deleted (which deletes its peer wherever
+//! bridge with hairpin mode on, then inside the pod renames the pod end to `ifname`, sets MTU,
+//! address, up (and `lo` up), the default route via the node's gateway, and announces the
+//! address with one gratuitous ARP.
+//!
+//! Hairpin mode lets the bridge send a frame back out of the port it came in on. It is what
+//! makes a pod reach itself through a service address when the node's DNAT runs on bridged
+//! traffic (`br_netfilter`, `bridge-nf-call-iptables=1`, as kube-proxy requires): the
+//! translated packet is handed back to the bridge as if it had arrived on the pod's port, and
+//! its destination is behind that same port. Without `br_netfilter` such a packet is routed by
+//! the node and sent by the bridge device itself, which needs no hairpin. `tests/pod.rs` shows
+//! both. If any step fails, the host end is deleted (which deletes its peer wherever
 //! it is) and the error returned: no half-made attachment is left behind.
 //!
 //! Both ends carry an `ifalias` naming the attachment (`weft:<ifname>@<netns>` on the host end,
