@@ -298,3 +298,51 @@ async fn rmpeer_takes_over_a_dead_nodes_space_and_errors_are_cni_json() {
         "nothing half-created"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_range_is_a_clear_cni_error_and_leaves_nothing_behind() {
+    if !prerequisites() {
+        return;
+    }
+    // A /27 range: 30 usable addresses, one of them the node's gateway.
+    let id = format!("p{}", lab::random_alnum(5));
+    let _g = LabGuard::new(&id);
+    let mut opts = LabOptions::new(&id, 1, WEFT);
+    opts.password = LabPassword::None;
+    opts.timeout = Duration::from_secs(20);
+    opts.router_args = vec!["--ipalloc-range".into(), "10.99.0.0/27".into()];
+    let lab = Lab::up(opts).await.expect("lab up");
+    let tag = lab::random_alnum(4);
+    let mut ns = PodNs(Vec::new());
+    let mut ips = std::collections::BTreeSet::new();
+    let mut last = None;
+    for k in 0..40 {
+        let pod = ns.add(format!("wp{tag}{k}"));
+        let (code, r) = cni(&lab, 1, "ADD", &format!("ctr-{k}"), &pod);
+        if code != 0 {
+            last = Some((k, pod, r));
+            break;
+        }
+        assert!(ips.insert(pod_ip(&r)), "address handed out twice: {r}");
+    }
+    let (k, pod, err) = last.expect("the range must run out");
+    assert_eq!(ips.len(), 29, "30 usable addresses minus the gateway");
+    assert_eq!(err["code"], 100, "{err}");
+    let msg = err["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("exhausted") && msg.contains("10.99.0.0/27"),
+        "{msg}"
+    );
+    let links = Command::new("ip")
+        .args(["netns", "exec", &pod, "ip", "-br", "link"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("eth0"),
+        "nothing half-created"
+    );
+    // Releasing one address makes room again.
+    assert_eq!(cni(&lab, 1, "DEL", "ctr-0", &ns.0[0].clone()).0, 0);
+    let (code, r) = cni(&lab, 1, "ADD", &format!("ctr-{k}"), &pod);
+    assert_eq!(code, 0, "{r}");
+}
