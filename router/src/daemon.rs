@@ -223,7 +223,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new();
-    let (status_tx, status_rx) = watch::channel(Arc::new(initial_status(&cfg, &transport)));
+    let (status_tx, status_rx) = watch::channel(Arc::new(base_status(&cfg, &transport)));
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCommand>(256);
     let api = status::api_router(status_rx.clone()).merge(api::admin_router(api_tx.clone()));
     let status_listener = tokio::net::TcpListener::bind(cfg.status_addr)
@@ -246,7 +246,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         ));
     }
 
-    let seed = rand::random_seed();
+    let seed = identity::os_random_u64();
     let mut mesh = Mesh::new(me.clone(), cfg.mesh.clone(), seed, Instant::now());
     if let Some(snap) = state::read(&cfg.state_dir, state::IPAM_FILE)? {
         mesh.restore_ipam(&snap, Instant::now()).with_context(|| {
@@ -575,22 +575,7 @@ impl Loop {
             })
             .collect();
         Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            name: me.name.to_string(),
-            nickname: me.nickname.clone(),
-            uid: me.uid.to_string(),
-            encryption: encrypted,
-            protocol: weft_gossip::PROTOCOL_VERSION,
-            listen: self.transport.local_addr().to_string(),
             uptime_secs: now.duration_since(self.started).as_secs(),
-            conn_limit: self.cfg.mesh.conn_limit,
-            discovery: self.cfg.mesh.discovery,
-            targets: self
-                .cfg
-                .peers
-                .iter()
-                .map(|p| format!("{}:{}", p.host, p.port))
-                .collect(),
             peers,
             connections,
             ipam: self.ipam_info(mesh, now),
@@ -609,6 +594,7 @@ impl Loop {
                     pod: e.pod,
                 })
                 .collect(),
+            ..base_status(&self.cfg, &self.transport)
         }
     }
 
@@ -704,7 +690,8 @@ impl Loop {
     }
 }
 
-fn initial_status(cfg: &RouterConfig, t: &Transport) -> Status {
+/// The parts of the status that come from configuration; the loop adds the live view.
+fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         name: cfg.identity.name.to_string(),
@@ -716,7 +703,11 @@ fn initial_status(cfg: &RouterConfig, t: &Transport) -> Status {
         uptime_secs: 0,
         conn_limit: cfg.mesh.conn_limit,
         discovery: cfg.mesh.discovery,
-        targets: Vec::new(),
+        targets: cfg
+            .peers
+            .iter()
+            .map(|p| format!("{}:{}", p.host, p.port))
+            .collect(),
         peers: Vec::new(),
         connections: Vec::new(),
         ipam: IpamInfo {
@@ -816,12 +807,5 @@ async fn writer(sender: ConnSender, mut rx: mpsc::Receiver<Message>) {
             debug!(error = %e, "gossip send failed");
             return;
         }
-    }
-}
-
-mod rand {
-    use rand::{rngs::StdRng, RngCore, SeedableRng};
-    pub fn random_seed() -> u64 {
-        StdRng::from_os_rng().next_u64()
     }
 }

@@ -55,17 +55,14 @@ pub fn identity(name: Option<&str>, nickname: Option<&str>) -> anyhow::Result<Id
     Ok(Identity {
         name,
         nickname,
-        uid: PeerUid(rand::random_uid()),
+        uid: PeerUid(os_random_u64()),
     })
 }
 
-mod rand {
+/// 64 random bits from the OS entropy source (per-start uid, mesh RNG seed).
+pub fn os_random_u64() -> u64 {
     use rand::{rngs::StdRng, RngCore, SeedableRng};
-
-    /// A per-start uid from the OS entropy source.
-    pub fn random_uid() -> u64 {
-        StdRng::from_os_rng().next_u64()
-    }
+    StdRng::from_os_rng().next_u64()
 }
 
 /// A `--peer` value split into host and port, not yet resolved.
