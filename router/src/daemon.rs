@@ -615,11 +615,14 @@ impl Loop {
                 return info;
             }
         };
-        let label = |n: weft_gossip::PeerName| {
-            mesh.peers()
-                .into_iter()
-                .find(|p| p.name == n)
-                .map_or_else(|| n.to_string(), |p| format!("{n}({})", p.nickname))
+        let nicknames: BTreeMap<_, _> = mesh
+            .peers()
+            .into_iter()
+            .map(|p| (p.name, p.nickname))
+            .collect();
+        let label = |n: weft_gossip::PeerName| match nicknames.get(&n) {
+            Some(nick) => format!("{n}({nick})"),
+            None => n.to_string(),
         };
         info.block_size = st.block_size;
         info.blocks_total = st.blocks_total;
