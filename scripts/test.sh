@@ -19,6 +19,11 @@ command -v go >/dev/null || missing+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ] || missing+=(golang-github-appc-cni-dev)
 [ -x /usr/lib/cni/portmap ] && [ -x /usr/lib/cni/bandwidth ] || missing+=(containernetworking-plugins)
 command -v iptables >/dev/null || missing+=(iptables)
+# podman test (router/tests/podman.rs): podman 4 with its CNI backend (no netavark: weft-net
+# is the plugin), runc, and a static busybox for the locally imported image.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -78,6 +78,10 @@ pub struct RouterArgs {
     #[arg(long, default_value = "10.32.0.0/12")]
     pub ipalloc_range: String,
 
+    /// UDP port of the sleeve, the encrypted userspace data path (the same on every node).
+    #[arg(long, default_value_t = 6784)]
+    pub sleeve_port: u16,
+
     /// Never use the in-kernel VXLAN fastpath.
     #[arg(long)]
     pub no_fastpath: bool,

@@ -7,6 +7,7 @@
 
 use crate::api::{self, ApiCommand};
 use crate::cli::RouterArgs;
+use crate::dataplane::DataPlane;
 use crate::identity::{self, PeerSpec};
 use crate::metrics::{HandshakeFailure, Metrics};
 use crate::pods::{Gateway, Pods};
@@ -26,9 +27,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_gossip::ipam::IpamConfig;
+use weft_gossip::PeerName;
 use weft_gossip::{
     Action, CloseReason, ConnId, Failure, Identity, Input, Mesh, Message, TargetSource, TargetState,
 };
+use weft_sleeve::engine::SessionInfo;
 
 /// Default overlay MTU: a 1500-byte underlay minus encapsulation headroom.
 pub const DEFAULT_MTU: u32 = 1376;
@@ -59,6 +62,10 @@ pub struct RouterConfig {
     pub ipalloc_range: ipnet::Ipv4Net,
     pub state_dir: PathBuf,
     pub bridge: String,
+    /// UDP port of the sleeve (the same on every node).
+    pub sleeve_port: u16,
+    /// Whether `--mtu` was given (then pods get exactly it).
+    pub mtu_fixed: bool,
 }
 
 impl RouterConfig {
@@ -117,6 +124,8 @@ impl RouterConfig {
             ipalloc_range: range,
             state_dir: a.state_dir.clone(),
             bridge: weft_fastpath::node::DEFAULT_BRIDGE.to_string(),
+            sleeve_port: a.sleeve_port,
+            mtu_fixed: a.mtu.is_some(),
         })
     }
 }
@@ -195,12 +204,13 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         mtu: cfg.mtu,
         // The peer name is a locally administered unicast MAC, stable across restarts: pods
         // keep a valid gateway MAC in their ARP caches when the router restarts.
-        bridge_mac: Some(mac_of(me.name)),
+        bridge_mac: Some(crate::dataplane::mac_of(me.name)),
         ..Default::default()
     };
     weft_fastpath::setup_node(&node)
         .await
         .with_context(|| format!("setting up the node bridge {}", cfg.bridge))?;
+    let dataplane = DataPlane::start(me.name, &node.tap, cfg.sleeve_port, cfg.psk.is_some());
     let range = cfg.ipalloc_range;
     match tokio::task::spawn_blocking(move || {
         crate::masq::apply(range.network(), range.prefix_len())
@@ -232,9 +242,13 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     tokio::spawn(status::serve_tcp(status_listener, api.clone()));
     let unix = status::bind_unix(&cfg.api_socket)
         .with_context(|| format!("binding the API socket {}", cfg.api_socket.display()))?;
+    // The unix socket also serves /metrics: local tools (and tests in namespaces) read
+    // it there whatever --metrics-addr says.
     tokio::spawn(status::serve_unix_listener(
         unix,
-        api.clone().merge(api::cni_router(api_tx.clone())),
+        api.clone()
+            .merge(api::cni_router(api_tx.clone()))
+            .merge(crate::metrics::metrics_router(metrics.clone())),
     ));
     if let Some(addr) = cfg.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr)
@@ -285,6 +299,9 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         started,
         pods,
         ipam_dirty: false,
+        dataplane,
+        routes_dirty: true,
+        macs_dirty: true,
     };
     use tokio::signal::unix::{signal, SignalKind};
     lp.execute(initial);
@@ -344,6 +361,12 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         if std::mem::take(&mut lp.ipam_dirty) {
             lp.pods.save_ipam(&mesh);
         }
+        if std::mem::take(&mut lp.routes_dirty) {
+            lp.dataplane.update_routes(&mut mesh);
+        }
+        if std::mem::take(&mut lp.macs_dirty) {
+            lp.dataplane.update_macs(&mesh);
+        }
         if now >= status_due {
             let st = lp.status(&mut mesh, now);
             lp.update_metrics(&mesh, &st);
@@ -356,6 +379,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         c.handle.close(CloseCode::NORMAL, "router shutting down");
     }
     transport.shutdown().await;
+    lp.dataplane.stop();
     let _ = std::fs::remove_file(&lp.cfg.api_socket);
     Ok(())
 }
@@ -373,6 +397,11 @@ struct Loop {
     pods: Pods,
     /// IPAM state changed: write the snapshot.
     ipam_dirty: bool,
+    dataplane: DataPlane,
+    /// Topology changed: recompute the data plane's routes.
+    routes_dirty: bool,
+    /// Endpoints or peers changed: rebuild the data plane's MAC table.
+    macs_dirty: bool,
 }
 
 impl Loop {
@@ -384,6 +413,8 @@ impl Loop {
                 let (addr, outbound, peer) = (pc.remote, pc.outbound, pc.peer.clone());
                 info!(peer = %peer.name, nickname = %peer.nickname, %addr, outbound, "connection established");
                 self.inbound_failures.remove(&addr);
+                self.dataplane
+                    .connection_up(id, peer.name, addr, outbound, &pc.secrets);
                 let (tx, rx) = mpsc::channel(SEND_QUEUE);
                 let handle = pc.sender();
                 tokio::spawn(writer(handle.clone(), rx));
@@ -423,6 +454,7 @@ impl Loop {
                 if self.conns.remove(&id).is_none() {
                     return Vec::new();
                 }
+                self.dataplane.connection_down(id);
                 let reason: Option<Failure> = end.to_failure();
                 match &reason {
                     Some(f) => info!(conn = id, reason = %f.detail, "connection lost"),
@@ -492,7 +524,11 @@ impl Loop {
                     }
                 }
                 Action::IpamChanged => self.ipam_dirty = true,
-                Action::TopologyChanged | Action::EndpointsChanged => {}
+                Action::TopologyChanged => {
+                    self.routes_dirty = true;
+                    self.macs_dirty = true;
+                }
+                Action::EndpointsChanged => self.macs_dirty = true,
             }
         }
     }
@@ -503,6 +539,23 @@ impl Loop {
         let me = mesh.identity().clone();
         let encrypted = self.cfg.psk.is_some();
         let mtu = self.cfg.mtu;
+        let sessions = self.dataplane.sessions_by_peer();
+        if !self.cfg.mtu_fixed {
+            // New pods get an MTU that fits every confirmed path (the sleeve answers bigger
+            // DF packets with ICMP "fragmentation needed" anyway).
+            let fit = sessions
+                .values()
+                .filter(|s| s.confirmed)
+                .map(|s| u32::from(s.inner_mtu))
+                .min()
+                .unwrap_or(mtu);
+            self.pods.mtu = mtu.min(fit).max(576);
+        }
+        let next_hops: HashMap<PeerName, PeerName> = mesh
+            .peers()
+            .into_iter()
+            .filter_map(|p| Some((p.name, p.next_hop?)))
+            .collect();
         let mut connections: Vec<ConnInfo> = Vec::new();
         let all = mesh.connections(now);
         let established = || all.iter().filter(|c| c.state == TargetState::Established);
@@ -526,16 +579,17 @@ impl Loop {
                 TargetState::IsSelf => continue,
                 TargetState::Idle => ConnState::Failed,
             };
+            let (path, path_mtu, path_reason) = self.path_of(&c, state, &sessions, &next_hops);
             connections.push(ConnInfo {
                 peer: c.peer.map(|p| p.to_string()),
                 nickname: c.nickname.clone(),
                 address: c.addr.to_string(),
                 state,
                 outbound: c.outbound,
-                path: None,
-                encrypted: encrypted && c.state == TargetState::Established,
-                mtu,
-                reason: c.reason.clone(),
+                path,
+                encrypted: encrypted && (state == ConnState::Established || path_mtu.is_some()),
+                mtu: path_mtu.map_or(mtu, u32::from),
+                reason: c.reason.clone().or(path_reason),
                 attempts: c.attempts,
                 retry_in_ms: c.retry_in.map(|d| d.as_millis() as u64),
                 source: match c.source {
@@ -595,6 +649,47 @@ impl Loop {
                 })
                 .collect(),
             ..base_status(&self.cfg, &self.transport)
+        }
+    }
+
+    /// The data path towards a connection's peer: the sleeve over this connection, a relay
+    /// through another peer when this connection is down, or none. Returns the path, its
+    /// inner MTU and why.
+    fn path_of(
+        &self,
+        c: &weft_gossip::ConnectionStatus,
+        state: ConnState,
+        sessions: &HashMap<u64, SessionInfo>,
+        next_hops: &HashMap<PeerName, PeerName>,
+    ) -> (Option<String>, Option<u16>, Option<String>) {
+        let Some(peer) = c.peer else {
+            return (None, None, None);
+        };
+        if state == ConnState::Established {
+            return match sessions.get(&peer.as_u64()) {
+                Some(s) => (
+                    Some("sleeve".into()),
+                    Some(s.inner_mtu),
+                    Some(format!(
+                        "sleeve: no kernel fastpath yet; path MTU {} {}",
+                        s.path_mtu,
+                        if s.confirmed {
+                            "confirmed"
+                        } else {
+                            "being probed"
+                        }
+                    )),
+                ),
+                None => (None, None, self.dataplane.unavailable.clone()),
+            };
+        }
+        match next_hops.get(&peer) {
+            Some(hop) if *hop != peer => {
+                let inner = sessions.get(&hop.as_u64()).map(|s| s.inner_mtu);
+                let why = format!("relayed through {hop}: no direct connection");
+                (Some("relay".into()), inner, Some(why))
+            }
+            _ => (None, None, None),
         }
     }
 
@@ -690,6 +785,9 @@ impl Loop {
             s.bytes_received,
             s.messages_received,
         );
+        if let Some(st) = self.dataplane.stats() {
+            self.metrics.set_sleeve_totals(&st);
+        }
     }
 }
 
@@ -719,12 +817,6 @@ fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
         },
         endpoints: Vec::new(),
     }
-}
-
-/// The bytes of a peer name, used as the bridge's MAC.
-fn mac_of(name: weft_gossip::PeerName) -> [u8; 6] {
-    let b = name.as_u64().to_be_bytes();
-    [b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
 /// Accepts inbound connections. Refuses them while the mesh is at its connection limit, and

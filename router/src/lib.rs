@@ -5,6 +5,7 @@
 //! - `transport`: QUIC control connections (quinn) authenticated by a Noise XXpsk3 handshake
 //!   bound to the QUIC session; framing of gossip messages on per-channel streams.
 //! - `daemon`: the event loop that feeds the mesh and executes its actions.
+//! - `dataplane`: starts the sleeve (weft-sleeve) and feeds it sessions, routes and MACs.
 //! - `status` / `metrics`: the peer status HTTP API (TCP and unix socket) and Prometheus metrics.
 //! - `client`: `weft status`, reading that API.
 //! - `lab`: `weft lab`, a local mesh in network namespaces.
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod cni;
 pub mod daemon;
+pub mod dataplane;
 pub mod identity;
 pub mod lab;
 pub mod masq;

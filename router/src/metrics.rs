@@ -9,6 +9,12 @@
 //! | `weft_handshake_failures_total` | counter | `reason` = auth, password_mismatch, unreachable, refused, protocol |
 //! | `weft_gossip_decode_errors_total` | counter | |
 //! | `weft_build_info` | info | `version` |
+//! | `weft_sleeve_packets_total` | counter | `direction` = sent, received |
+//! | `weft_sleeve_bytes_total` | counter | `direction` |
+//! | `weft_sleeve_dropped_total` | counter | `reason` = malformed, unknown_session, auth, replay, bad_records, no_route, tap_write, send |
+//! | `weft_sleeve_relayed_records_total` | counter | |
+//! | `weft_sleeve_icmp_frag_needed_total` | counter | |
+//! | `weft_sleeve_endpoint_changes_total` | counter | |
 //!
 //! Every label value is pre-created, so each series exists (at 0) from the start.
 
@@ -117,6 +123,42 @@ pub struct ReasonLabels {
     pub reason: HandshakeFailure,
 }
 
+/// Why the sleeve dropped a datagram or frame.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+}
+
+/// The sleeve's drop reasons, in the order of [`sleeve_drops`].
+pub const SLEEVE_DROP_REASONS: [&str; 8] = [
+    "malformed",
+    "unknown_session",
+    "auth",
+    "replay",
+    "bad_records",
+    "no_route",
+    "tap_write",
+    "send",
+];
+
+fn sleeve_drops(s: &weft_sleeve::engine::Stats) -> [u64; 8] {
+    [
+        s.drop_malformed,
+        s.drop_unknown_session,
+        s.drop_auth,
+        s.drop_replay,
+        s.drop_bad_records,
+        s.drop_no_route,
+        s.drop_tap_write,
+        s.drop_send,
+    ]
+}
+
+/// Adds `now - last` to `c` (all of `now` when the source restarted from zero).
+fn add_delta(c: &Counter, now: u64, last: u64) {
+    c.inc_by(if now >= last { now - last } else { now });
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
@@ -139,6 +181,15 @@ pub struct Metrics {
     pub handshake_failures: Family<ReasonLabels, Counter>,
     /// `weft_gossip_decode_errors_total`.
     pub decode_errors: Counter,
+    /// `weft_sleeve_packets_total{direction}`, `weft_sleeve_bytes_total{direction}`.
+    pub sleeve_packets: Family<GossipLabels, Counter>,
+    pub sleeve_bytes: Family<GossipLabels, Counter>,
+    /// `weft_sleeve_dropped_total{reason}`.
+    pub sleeve_dropped: Family<DropLabels, Counter>,
+    pub sleeve_relayed: Counter,
+    pub sleeve_icmp: Counter,
+    pub sleeve_endpoint_changes: Counter,
+    last_sleeve: Mutex<weft_sleeve::engine::Stats>,
     /// The version reported by `weft_build_info{version}`.
     pub version: &'static str,
     /// Last totals given to [`Metrics::set_gossip_totals`]:
@@ -187,6 +238,45 @@ impl Metrics {
             "Gossip messages that could not be decoded",
             decode_errors.clone(),
         );
+        let sleeve_packets = Family::<GossipLabels, Counter>::default();
+        registry.register(
+            "weft_sleeve_packets",
+            "Sleeve datagrams, by direction",
+            sleeve_packets.clone(),
+        );
+        let sleeve_bytes = Family::<GossipLabels, Counter>::default();
+        registry.register(
+            "weft_sleeve_bytes",
+            "Sleeve bytes on the wire (UDP payload), by direction",
+            sleeve_bytes.clone(),
+        );
+        let sleeve_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "weft_sleeve_dropped",
+            "Sleeve datagrams or frames dropped, by reason",
+            sleeve_dropped.clone(),
+        );
+        let sleeve_relayed = Counter::default();
+        registry.register(
+            "weft_sleeve_relayed_records",
+            "Frame records forwarded for other nodes",
+            sleeve_relayed.clone(),
+        );
+        let sleeve_icmp = Counter::default();
+        registry.register(
+            "weft_sleeve_icmp_frag_needed",
+            "ICMP fragmentation-needed answers sent to pods",
+            sleeve_icmp.clone(),
+        );
+        let sleeve_endpoint_changes = Counter::default();
+        registry.register(
+            "weft_sleeve_endpoint_changes",
+            "Peers followed to a new source address (NAT rebinding)",
+            sleeve_endpoint_changes.clone(),
+        );
+        for reason in SLEEVE_DROP_REASONS {
+            let _ = sleeve_dropped.get_or_create(&DropLabels { reason });
+        }
         registry.register(
             "weft_build",
             "weft build information",
@@ -205,6 +295,8 @@ impl Metrics {
         for direction in [Direction::Sent, Direction::Received] {
             let _ = gossip_bytes.get_or_create(&GossipLabels { direction });
             let _ = gossip_messages.get_or_create(&GossipLabels { direction });
+            let _ = sleeve_packets.get_or_create(&GossipLabels { direction });
+            let _ = sleeve_bytes.get_or_create(&GossipLabels { direction });
         }
         for reason in HandshakeFailure::ALL {
             let _ = handshake_failures.get_or_create(&ReasonLabels { reason });
@@ -218,6 +310,13 @@ impl Metrics {
             gossip_messages,
             handshake_failures,
             decode_errors,
+            sleeve_packets,
+            sleeve_bytes,
+            sleeve_dropped,
+            sleeve_relayed,
+            sleeve_icmp,
+            sleeve_endpoint_changes,
+            last_sleeve: Mutex::new(Default::default()),
             version,
             last_gossip: Mutex::new([0; 4]),
         })
@@ -278,6 +377,64 @@ impl Metrics {
         self.gossip_bytes.get_or_create(&recv).inc_by(delta(2));
         self.gossip_messages.get_or_create(&recv).inc_by(delta(3));
         *last = now;
+    }
+
+    /// Takes the sleeve engine's running totals and adds what is new to the counters.
+    pub fn set_sleeve_totals(&self, now: &weft_sleeve::engine::Stats) {
+        let mut last = self.last_sleeve.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = GossipLabels {
+            direction: Direction::Sent,
+        };
+        let recv = GossipLabels {
+            direction: Direction::Received,
+        };
+        add_delta(
+            &self.sleeve_packets.get_or_create(&sent),
+            now.tx_packets,
+            last.tx_packets,
+        );
+        add_delta(
+            &self.sleeve_packets.get_or_create(&recv),
+            now.rx_packets,
+            last.rx_packets,
+        );
+        add_delta(
+            &self.sleeve_bytes.get_or_create(&sent),
+            now.tx_bytes,
+            last.tx_bytes,
+        );
+        add_delta(
+            &self.sleeve_bytes.get_or_create(&recv),
+            now.rx_bytes,
+            last.rx_bytes,
+        );
+        for ((reason, n), l) in SLEEVE_DROP_REASONS
+            .iter()
+            .zip(sleeve_drops(now))
+            .zip(sleeve_drops(&last))
+        {
+            add_delta(
+                &self.sleeve_dropped.get_or_create(&DropLabels { reason }),
+                n,
+                l,
+            );
+        }
+        add_delta(
+            &self.sleeve_relayed,
+            now.relayed_records,
+            last.relayed_records,
+        );
+        add_delta(
+            &self.sleeve_icmp,
+            now.icmp_frag_needed,
+            last.icmp_frag_needed,
+        );
+        add_delta(
+            &self.sleeve_endpoint_changes,
+            now.endpoint_changes,
+            last.endpoint_changes,
+        );
+        *last = *now;
     }
 
     /// Counts one failed handshake.

@@ -1,7 +1,9 @@
 //! `weft lab`: a local mesh of real routers, each in its own network namespace.
 //!
-//! `weft lab up` builds the underlay ([`topology`]), starts one detached `weft router` per
-//! node (via `ip netns exec`) and waits until every router sees the full mesh. Everything a
+//! `weft lab up` builds the underlay ([`topology`]: one segment, or several given by
+//! `--segments` ([`segments`]), joined by multi-homed nodes or NAT gateways), starts one
+//! detached `weft router` per node (via `ip netns exec`) and waits until every router sees
+//! the whole mesh and is connected to every node it can reach directly ([`topology_ready`]). Everything a
 //! lab owns lives under `/run/weft-lab/<id>/`: `lab.json` (the description, with pids),
 //! `password`, and per node `n<i>.log`, `n<i>.pid`, `n<i>.sock` (status API) and
 //! `n<i>.state/`. `weft lab down` stops the routers and removes namespaces and directory.
@@ -13,6 +15,8 @@
 
 pub mod pods;
 pub mod process;
+mod ready;
+pub mod segments;
 pub mod topology;
 
 use std::io::Read as _;
@@ -25,10 +29,12 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::client;
-use crate::status::{table, ConnState, Status};
+use crate::status::{table, Status};
+pub use ready::{mesh_gaps, mesh_ready, topology_ready};
+pub use segments::{SegmentDef, SegmentSpec};
 pub use topology::{
-    check_prerequisites, create_topology, list_namespaces, run_in_netns, teardown,
-    teardown_blocking, validate_id, Segment, Topology,
+    check_prerequisites, create_segmented, create_topology, list_namespaces, run_in_netns,
+    teardown, teardown_blocking, validate_id, NatGateway, Segment, Topology,
 };
 
 /// Where labs keep their files.
@@ -76,14 +82,16 @@ pub struct LabOptions {
     pub id: String,
     pub nodes: usize,
     pub password: LabPassword,
-    /// How long [`Lab::up`] waits for the full mesh (when `wait`).
+    /// How long [`Lab::up`] waits for the mesh (when `wait`; see [`topology_ready`]).
     pub timeout: Duration,
     /// The `weft` binary to run as router.
     pub bin: PathBuf,
     /// Extra arguments for every router.
     pub router_args: Vec<String>,
-    /// Wait for the full mesh before returning.
+    /// Wait for the mesh ([`Lab::wait_for_mesh`]) before returning.
     pub wait: bool,
+    /// Underlay segments (`--segments`); `None`: one segment with every node.
+    pub segments: Option<SegmentSpec>,
 }
 
 impl LabOptions {
@@ -97,6 +105,7 @@ impl LabOptions {
             bin: bin.into(),
             router_args: Vec::new(),
             wait: true,
+            segments: None,
         }
     }
 }
@@ -174,10 +183,15 @@ impl Drop for LabGuard {
 
 impl Lab {
     /// Builds and starts a lab, replacing any lab with the same id; with `opts.wait`, waits
-    /// for the full mesh (on timeout the lab is left up and the error tells what each node
-    /// saw).
+    /// for the mesh ([`Lab::wait_for_mesh`]; on timeout the lab is left up and the error
+    /// tells what each node saw).
     pub async fn up(opts: LabOptions) -> anyhow::Result<Lab> {
-        let topo = Topology::single_segment(&opts.id, opts.nodes)?;
+        let topo = match &opts.segments {
+            None => Topology::single_segment(&opts.id, opts.nodes)?,
+            Some(spec) => {
+                Topology::segmented(&opts.id, opts.nodes, spec).context("invalid --segments")?
+            }
+        };
         tokio::task::spawn_blocking(check_prerequisites).await??;
         if !opts.bin.is_file() {
             bail!("router binary {} not found (use --bin)", opts.bin.display());
@@ -514,10 +528,26 @@ impl Lab {
         &self,
         timeout: Duration,
         what: &str,
-        mut pred: F,
+        pred: F,
     ) -> anyhow::Result<(Duration, Vec<Option<Status>>)>
     where
         F: FnMut(&[Option<Status>]) -> bool,
+    {
+        self.wait_explained(timeout, what, pred, |_| Vec::new())
+            .await
+    }
+
+    /// [`Lab::wait_until`], with `explain` saying what is missing when it fails.
+    async fn wait_explained<F, E>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut pred: F,
+        explain: E,
+    ) -> anyhow::Result<(Duration, Vec<Option<Status>>)>
+    where
+        F: FnMut(&[Option<Status>]) -> bool,
+        E: Fn(&[Option<Status>]) -> Vec<String>,
     {
         let start = Instant::now();
         loop {
@@ -534,18 +564,28 @@ impl Lab {
                     .map(|n| n.index)
                     .collect()
             });
+            let missing = || {
+                let gaps = explain(&statuses);
+                if gaps.is_empty() {
+                    String::new()
+                } else {
+                    format!("missing:\n  {}\n", gaps.join("\n  "))
+                }
+            };
             if !exited.is_empty() {
                 let names: Vec<String> = exited.iter().map(|i| format!("n{i}")).collect();
                 bail!(
-                    "waiting for {what}: the router of {} exited\n{}",
+                    "waiting for {what}: the router of {} exited\n{}{}",
                     names.join(", "),
+                    missing(),
                     self.diagnostics(&polled)
                 );
             }
             if start.elapsed() >= timeout {
                 bail!(
-                    "waiting for {what}: not reached within {:.1} s\n{}",
+                    "waiting for {what}: not reached within {:.1} s\n{}{}",
                     timeout.as_secs_f64(),
+                    missing(),
                     self.diagnostics(&polled)
                 );
             }
@@ -553,19 +593,46 @@ impl Lab {
         }
     }
 
-    /// Waits until every node has established connections to all others and sees all of
-    /// them as reachable.
+    /// Waits until the mesh is complete ([`topology_ready`]): on one segment, every node
+    /// has established connections to all others and sees all of them as reachable; with
+    /// segments, every node sees every node of its part of the mesh and is connected to all
+    /// it can reach directly.
     pub async fn wait_for_mesh(
         &self,
         timeout: Duration,
     ) -> anyhow::Result<(Duration, Vec<Status>)> {
-        let n = self.nodes();
+        let (topo, names) = self.with_info(|i| {
+            let names: Vec<String> = i.nodes.iter().map(|n| n.name.clone()).collect();
+            (i.topology.clone(), names)
+        });
+        let n = topo.nodes;
+        let what = if topo.segments.len() == 1 {
+            format!("a full mesh of {n} nodes")
+        } else {
+            format!("the mesh of {n} nodes on {} segments", topo.segments.len())
+        };
         let (d, statuses) = self
-            .wait_until(timeout, &format!("a full mesh of {n} nodes"), |s| {
-                mesh_ready(s, n)
-            })
+            .wait_explained(
+                timeout,
+                &what,
+                |s| topology_ready(&topo, &names, s),
+                |s| mesh_gaps(&topo, &names, s),
+            )
             .await?;
         Ok((d, statuses.into_iter().flatten().collect()))
+    }
+
+    /// Whether `statuses` (one per node) show a complete mesh for this lab's topology.
+    pub fn ready(&self, statuses: &[Option<Status>]) -> bool {
+        self.with_info(|i| {
+            let names: Vec<String> = i.nodes.iter().map(|n| n.name.clone()).collect();
+            topology_ready(&i.topology, &names, statuses)
+        })
+    }
+
+    /// Underlay addresses of node `i`, by segment: `(segment, address)`.
+    pub fn underlay_addrs(&self, i: usize) -> Vec<(usize, Ipv4Addr)> {
+        self.with_info(|info| info.topology.node_addrs(i))
     }
 
     /// What each node saw, and the end of its log.
@@ -580,7 +647,9 @@ impl Lab {
             };
             out.push_str(&format!(
                 "\n── n{} ({}, {}, {running}) ──\n",
-                node.index, node.namespace, node.address
+                node.index,
+                node.namespace,
+                addr_list(&info.topology, node)
             ));
             match st {
                 Ok(s) => {
@@ -626,7 +695,7 @@ impl Lab {
             rows.push(vec![
                 node.nickname.clone(),
                 node.namespace.clone(),
-                node.address.to_string(),
+                addr_list(&info.topology, node),
                 node.name.clone(),
                 peers,
                 est,
@@ -634,6 +703,24 @@ impl Lab {
             ]);
         }
         table(&rows)
+    }
+}
+
+/// The node's underlay addresses, comma-separated (its recorded address if the topology
+/// does not know it).
+fn addr_list(topo: &Topology, node: &NodeInfo) -> String {
+    if !(1..=topo.nodes).contains(&node.index) {
+        return node.address.to_string();
+    }
+    let addrs: Vec<String> = topo
+        .node_addrs(node.index)
+        .iter()
+        .map(|(_, a)| a.to_string())
+        .collect();
+    if addrs.is_empty() {
+        node.address.to_string()
+    } else {
+        addrs.join(",")
     }
 }
 
@@ -646,9 +733,11 @@ fn router_argv(info: &LabInfo, node: &NodeInfo, password_file: Option<&Path>) ->
         "--nickname".into(),
         node.nickname.clone(),
     ];
-    for other in info.nodes.iter().filter(|o| o.index != node.index) {
+    // The nodes it reaches directly: on a shared segment, or the public segment from
+    // behind NAT. Others are found through gossip (dialling them just backs off).
+    for addr in info.topology.peer_addrs(node.index) {
         a.push("--peer".into());
-        a.push(format!("{}:{CONTROL_PORT}", other.address));
+        a.push(format!("{addr}:{CONTROL_PORT}"));
     }
     if let Some(f) = password_file {
         a.push("--password-file".into());
@@ -669,30 +758,6 @@ fn router_argv(info: &LabInfo, node: &NodeInfo, password_file: Option<&Path>) ->
     a.push(node.state_dir.to_string_lossy().into_owned());
     a.extend(info.router_args.iter().cloned());
     a
-}
-
-/// Every node answers, has established connections to the `n - 1` others, and sees `n`
-/// reachable peers (itself included).
-pub fn mesh_ready(statuses: &[Option<Status>], n: usize) -> bool {
-    statuses.len() == n
-        && statuses.iter().all(|s| {
-            let Some(s) = s else { return false };
-            let established: std::collections::BTreeSet<&str> = s
-                .connections
-                .iter()
-                .filter(|c| c.state == ConnState::Established)
-                .filter_map(|c| c.peer.as_deref())
-                .filter(|p| *p != s.name)
-                .collect();
-            let mut reachable: std::collections::BTreeSet<&str> = s
-                .peers
-                .iter()
-                .filter(|p| p.reachable)
-                .map(|p| p.name.as_str())
-                .collect();
-            reachable.insert(&s.name);
-            established.len() + 1 >= n && reachable.len() >= n
-        })
 }
 
 async fn fetch_status(addr: &str, timeout: Duration) -> anyhow::Result<Status> {

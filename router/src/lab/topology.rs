@@ -1,15 +1,22 @@
 //! The lab's underlay: network namespaces joined by veth links to bridges ("switches").
 //!
 //! A [`Topology`] describes the namespaces and links; [`Topology::create_blocking`] builds
-//! it with `ip` (iproute2) and [`teardown_blocking`] removes everything named after a lab
-//! id, whatever state a failed creation left behind. Today a lab has one segment (one switch,
-//! every node on it); the description already has a list of segments, each with its own
-//! switch namespace, subnet and members, so labs with several segments joined by a
-//! dual-homed node or a NAT gateway fit in later.
+//! it with `ip` (iproute2) and `nft`, and [`teardown_blocking`] removes everything named
+//! after a lab id, whatever state a failed creation left behind.
+//!
+//! A lab has one or more segments, each a bridge in its own switch namespace
+//! (`weft-<id>-sw` for the first, `weft-<id>-sw<k>` for the others) with subnet
+//! 10.201.`k`.0/24. Node `i` has one veth per segment it is on (`eth<k>` in its namespace,
+//! address 10.201.`k`.`10+i`), so a node on two segments joins them. A NAT segment is a
+//! private network behind a gateway namespace `weft-<id>-gw<k>`: leg `wan` on the first
+//! (public) segment at 10.201.0.`255-k`, leg `lan` at 10.201.`k`.1, forwarding on and an
+//! nftables masquerade for the private subnet leaving on `wan`; its nodes route everything
+//! through 10.201.`k`.1. Nobody has a route into a private subnet.
 //!
 //! The plumbing is synchronous (it runs short `ip` commands) so that it can also run from
 //! `Drop` guards; async callers use the wrappers, which run it on the blocking pool.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
@@ -18,6 +25,7 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use super::process;
+use super::segments::SegmentSpec;
 
 /// Most nodes a lab can have (addresses .11 to .74 of a segment's /24).
 pub const MAX_NODES: usize = 64;
@@ -38,7 +46,29 @@ pub struct Segment {
     pub prefix_len: u8,
     /// Member nodes, 1-based.
     pub members: Vec<usize>,
+    /// Set for a private segment behind a NAT gateway on the first segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatGateway>,
 }
+
+/// The gateway of a NAT segment: a namespace with one leg on the first (public) segment and
+/// one on the private segment, masquerading the private subnet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatGateway {
+    /// `weft-<id>-gw<k>`.
+    pub namespace: String,
+    /// Address of the `wan` leg on the first segment (what public nodes see).
+    pub public_addr: Ipv4Addr,
+    /// Address of the `lan` leg, the private nodes' default gateway.
+    pub private_addr: Ipv4Addr,
+}
+
+/// Name of the gateway's leg on the public segment.
+pub const GW_WAN: &str = "wan";
+/// Name of the gateway's leg on the private segment.
+pub const GW_LAN: &str = "lan";
+/// The nftables table of a NAT gateway (in the gateway's namespace only).
+pub const GW_NFT_TABLE: &str = "weft_lab_nat";
 
 /// Namespaces and links of a lab.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,21 +100,55 @@ pub fn namespace_prefix(id: &str) -> String {
 impl Topology {
     /// All nodes on one switch, `weft-<id>-sw`, in 10.201.0.0/24.
     pub fn single_segment(id: &str, nodes: usize) -> anyhow::Result<Topology> {
+        Topology::segmented(id, nodes, &SegmentSpec::single(nodes))
+    }
+
+    /// The segments of `spec` (validated here): segment `k` (0-based) is switch
+    /// `weft-<id>-sw` (k = 0) or `weft-<id>-sw<k>`, subnet 10.201.`k`.0/24; a `nat:` segment
+    /// gets gateway `weft-<id>-gw<k>` at 10.201.0.`255-k` and 10.201.`k`.1.
+    pub fn segmented(id: &str, nodes: usize, spec: &SegmentSpec) -> anyhow::Result<Topology> {
         validate_id(id)?;
         if !(1..=MAX_NODES).contains(&nodes) {
             bail!("a lab has 1 to {MAX_NODES} nodes, not {nodes}");
         }
+        spec.validate(nodes)?;
+        let net =
+            |k: usize, host: u8| Ipv4Addr::new(UNDERLAY_BASE[0], UNDERLAY_BASE[1], k as u8, host);
+        let segments = spec
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(k, def)| {
+                let mut members = def.members.clone();
+                members.sort_unstable();
+                Segment {
+                    namespace: if k == 0 {
+                        format!("weft-{id}-sw")
+                    } else {
+                        format!("weft-{id}-sw{k}")
+                    },
+                    bridge: "br0".to_string(),
+                    subnet: net(k, 0),
+                    prefix_len: 24,
+                    members,
+                    nat: def.nat.then(|| NatGateway {
+                        namespace: format!("weft-{id}-gw{k}"),
+                        public_addr: net(0, (255 - k) as u8),
+                        private_addr: net(k, 1),
+                    }),
+                }
+            })
+            .collect();
         Ok(Topology {
             id: id.to_string(),
             nodes,
-            segments: vec![Segment {
-                namespace: format!("weft-{id}-sw"),
-                bridge: "br0".to_string(),
-                subnet: Ipv4Addr::new(UNDERLAY_BASE[0], UNDERLAY_BASE[1], 0, 0),
-                prefix_len: 24,
-                members: (1..=nodes).collect(),
-            }],
+            segments,
         })
+    }
+
+    /// True for the classic lab: one segment with every node.
+    pub fn is_single_segment(&self) -> bool {
+        self.segments.len() == 1 && self.segments[0].nat.is_none()
     }
 
     fn check_node(&self, i: usize) {
@@ -101,9 +165,14 @@ impl Topology {
         format!("weft-{}-n{i}", self.id)
     }
 
-    /// Every namespace of the lab: switches first, then nodes.
+    /// Every namespace of the lab: switches first, then NAT gateways, then nodes.
     pub fn namespaces(&self) -> Vec<String> {
         let mut v: Vec<String> = self.segments.iter().map(|s| s.namespace.clone()).collect();
+        v.extend(
+            self.segments
+                .iter()
+                .filter_map(|s| s.nat.as_ref().map(|g| g.namespace.clone())),
+        );
         v.extend((1..=self.nodes).map(|i| self.node_namespace(i)));
         v
     }
@@ -123,12 +192,85 @@ impl Topology {
         ))
     }
 
+    /// The segments node `i` is on, with its address in each.
+    pub fn node_addrs(&self, i: usize) -> Vec<(usize, Ipv4Addr)> {
+        (0..self.segments.len())
+            .filter_map(|k| self.node_addr(i, k).map(|a| (k, a)))
+            .collect()
+    }
+
     /// The node's address in the first segment it belongs to.
     pub fn primary_addr(&self, i: usize) -> Ipv4Addr {
         self.check_node(i);
-        (0..self.segments.len())
-            .find_map(|k| self.node_addr(i, k))
+        self.node_addrs(i)
+            .first()
+            .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("lab node {i} is on no segment"))
+    }
+
+    /// The NAT segment node `i` is behind, if any.
+    pub fn nat_segment(&self, i: usize) -> Option<usize> {
+        self.segments
+            .iter()
+            .position(|s| s.nat.is_some() && s.members.contains(&i))
+    }
+
+    /// The address node `from` dials to reach node `to` directly, if it can: `to`'s
+    /// address in the first segment they share; from behind NAT, also the public (first)
+    /// segment's nodes.
+    pub fn dial_addr(&self, from: usize, to: usize) -> Option<Ipv4Addr> {
+        if from == to {
+            return None;
+        }
+        let shared = (0..self.segments.len())
+            .find(|&k| self.node_addr(from, k).is_some() && self.node_addr(to, k).is_some());
+        match shared {
+            Some(k) => self.node_addr(to, k),
+            None if self.nat_segment(from).is_some() => self.node_addr(to, 0),
+            None => None,
+        }
+    }
+
+    /// The addresses node `i` is given as `--peer`s, by node number.
+    pub fn peer_addrs(&self, i: usize) -> Vec<Ipv4Addr> {
+        (1..=self.nodes)
+            .filter_map(|j| self.dial_addr(i, j))
+            .collect()
+    }
+
+    /// The nodes `i` can have a direct connection with (either side dialling).
+    pub fn direct_neighbours(&self, i: usize) -> BTreeSet<usize> {
+        (1..=self.nodes)
+            .filter(|&j| self.dial_addr(i, j).is_some() || self.dial_addr(j, i).is_some())
+            .collect()
+    }
+
+    /// Every pair `(a, b)`, `a < b`, that can connect directly: nodes sharing a segment, and
+    /// nodes behind NAT with the public segment's nodes.
+    pub fn expected_links(&self) -> BTreeSet<(usize, usize)> {
+        (1..=self.nodes)
+            .flat_map(|a| {
+                self.direct_neighbours(a)
+                    .into_iter()
+                    .filter(move |&b| a < b)
+                    .map(move |b| (a, b))
+            })
+            .collect()
+    }
+
+    /// The nodes that `i` reaches over direct links, possibly through others (itself
+    /// included): its part of the mesh.
+    pub fn reachable_from(&self, i: usize) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::from([i]);
+        let mut todo = vec![i];
+        while let Some(a) = todo.pop() {
+            for b in self.direct_neighbours(a) {
+                if seen.insert(b) {
+                    todo.push(b);
+                }
+            }
+        }
+        seen
     }
 
     /// The node's interface towards segment `seg`.
@@ -136,9 +278,55 @@ impl Topology {
         format!("eth{seg}")
     }
 
+    /// A few lines describing the segments (for `weft lab up|status`).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (k, s) in self.segments.iter().enumerate() {
+            let members: Vec<String> = s.members.iter().map(|i| format!("n{i}")).collect();
+            let kind = match (&s.nat, k) {
+                (Some(_), _) => "private",
+                (None, 0) if self.segments.len() > 1 => "public",
+                _ => "",
+            };
+            out.push_str(&format!(
+                "segment {k}{}: {}/{} on {} (eth{k}): {}\n",
+                if kind.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({kind})")
+                },
+                s.subnet,
+                s.prefix_len,
+                s.namespace,
+                members.join(" ")
+            ));
+            if let Some(g) = &s.nat {
+                out.push_str(&format!(
+                    "  NAT gateway {}: lan {} (default route of {}) masquerades out of wan {} \
+                     on segment 0\n",
+                    g.namespace,
+                    g.private_addr,
+                    members.join(" "),
+                    g.public_addr
+                ));
+            }
+        }
+        let multi: Vec<String> = (1..=self.nodes)
+            .filter(|&i| self.node_addrs(i).len() > 1)
+            .map(|i| format!("n{i}"))
+            .collect();
+        if !multi.is_empty() {
+            out.push_str(&format!("multi-homed: {}\n", multi.join(" ")));
+        }
+        out
+    }
+
     /// Builds every namespace and link. On error, what was built stays: call
     /// [`teardown_blocking`] (the lab commands do).
     pub fn create_blocking(&self) -> anyhow::Result<()> {
+        if self.segments.iter().any(|s| s.nat.is_some()) {
+            nft_available()?;
+        }
         for seg in &self.segments {
             let sw = seg.namespace.as_str();
             ip(&["netns", "add", sw])?;
@@ -146,28 +334,72 @@ impl Topology {
             ip(&["-n", sw, "link", "add", &seg.bridge, "type", "bridge"])?;
             ip(&["-n", sw, "link", "set", &seg.bridge, "up"])?;
         }
+        for (k, seg) in self.segments.iter().enumerate() {
+            if let Some(gw) = &seg.nat {
+                self.create_gateway(k, seg, gw)?;
+            }
+        }
         for i in 1..=self.nodes {
             let ns = self.node_namespace(i);
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            for (k, seg) in self.segments.iter().enumerate() {
-                let Some(addr) = self.node_addr(i, k) else {
-                    continue;
-                };
-                let sw = seg.namespace.as_str();
+            for (k, addr) in self.node_addrs(i) {
+                let seg = &self.segments[k];
                 let port = format!("n{i}");
                 let iface = Self::node_iface(k);
-                ip(&[
-                    "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", &iface,
-                    "netns", &ns,
-                ])?;
-                ip(&["-n", sw, "link", "set", &port, "master", &seg.bridge, "up"])?;
-                let cidr = format!("{addr}/{}", seg.prefix_len);
-                ip(&["-n", &ns, "addr", "add", &cidr, "dev", &iface])?;
-                ip(&["-n", &ns, "link", "set", &iface, "up"])?;
+                self.veth(k, &port, &ns, &iface, addr)?;
+                if let Some(gw) = &seg.nat {
+                    let via = gw.private_addr.to_string();
+                    ip(&["-n", &ns, "route", "add", "default", "via", &via])?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// A veth from segment `k`'s bridge (port `port`) to `iface` in `ns`, with `addr`/24.
+    fn veth(
+        &self,
+        k: usize,
+        port: &str,
+        ns: &str,
+        iface: &str,
+        addr: Ipv4Addr,
+    ) -> anyhow::Result<()> {
+        let seg = &self.segments[k];
+        let sw = seg.namespace.as_str();
+        ip(&[
+            "-n", sw, "link", "add", port, "type", "veth", "peer", "name", iface, "netns", ns,
+        ])?;
+        ip(&["-n", sw, "link", "set", port, "master", &seg.bridge, "up"])?;
+        let cidr = format!("{addr}/{}", seg.prefix_len);
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", iface])?;
+        ip(&["-n", ns, "link", "set", iface, "up"])?;
+        Ok(())
+    }
+
+    /// The gateway of NAT segment `k`: legs, forwarding, masquerade.
+    fn create_gateway(&self, k: usize, seg: &Segment, gw: &NatGateway) -> anyhow::Result<()> {
+        let ns = gw.namespace.as_str();
+        ip(&["netns", "add", ns])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        let port = format!("gw{k}");
+        self.veth(0, &port, ns, GW_WAN, gw.public_addr)?;
+        self.veth(k, &port, ns, GW_LAN, gw.private_addr)?;
+        run_in_netns(ns, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")
+                .context("enabling IPv4 forwarding")
+        })??;
+        let rules = format!(
+            "table ip {GW_NFT_TABLE} {{\n\
+             \x20 chain postrouting {{\n\
+             \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+             \x20   ip saddr {}/{} oifname \"{GW_WAN}\" masquerade\n\
+             \x20 }}\n\
+             }}\n",
+            seg.subnet, seg.prefix_len
+        );
+        nft_in(ns, &rules)
     }
 
     /// Async form of [`Topology::create_blocking`].
@@ -177,9 +409,61 @@ impl Topology {
     }
 }
 
+/// Fails with advice unless the `nft` command runs.
+fn nft_available() -> anyhow::Result<()> {
+    match Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => bail!(
+            "`nft --version` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "NAT segments need the `nft` command (install nftables, e.g. `apt-get install nftables`)"
+        ),
+        Err(e) => bail!("cannot run nft: {e}"),
+    }
+}
+
+/// Loads an nftables ruleset (`nft -f -`) in namespace `ns`.
+fn nft_in(ns: &str, rules: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running nft in {ns}"))?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft in {ns} refused the NAT rules: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Builds the one-segment topology of lab `id` with `nodes` nodes, without starting routers.
 pub async fn create_topology(id: &str, nodes: usize) -> anyhow::Result<Topology> {
     let t = Topology::single_segment(id, nodes)?;
+    t.create().await?;
+    Ok(t)
+}
+
+/// Builds the topology of lab `id` with `nodes` nodes on the segments of `spec`, without
+/// starting routers. On error, call [`teardown`].
+pub async fn create_segmented(
+    id: &str,
+    nodes: usize,
+    spec: &SegmentSpec,
+) -> anyhow::Result<Topology> {
+    let t = Topology::segmented(id, nodes, spec)?;
     t.create().await?;
     Ok(t)
 }

@@ -1,0 +1,256 @@
+//! The tx thread: TAP -> records -> datagrams -> UDP.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::out::{Meta, Out};
+use super::{Shared, Table};
+use crate::driver::{poll_readable, Tap, Udp, VNET_HDR_LEN};
+use crate::icmp::{frag_needed, gso_segment_ip_len, inner_mtu, ipv4_df_len, ETH_HLEN};
+use crate::records::{Offload, BROADCAST};
+
+/// Frames read before the queued datagrams are flushed.
+const READ_BATCH: usize = 64;
+/// How long a poll waits before checking the stop flag.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Per-thread state of the sender.
+pub(crate) struct Sender {
+    shared: Arc<Shared>,
+    udp: Arc<Udp>,
+    table: Arc<Table>,
+    seen: u64,
+    outs: HashMap<u64, Out>,
+    next_id: u32,
+    icmp: Vec<u8>,
+}
+
+impl Sender {
+    pub fn new(shared: Arc<Shared>, udp: Arc<Udp>) -> Sender {
+        Sender {
+            shared,
+            udp,
+            table: Arc::new(Table::default()),
+            seen: 0,
+            outs: HashMap::new(),
+            next_id: 0,
+            icmp: Vec::with_capacity(256),
+        }
+    }
+
+    /// Picks up a new table; drops batches for sessions that are gone.
+    pub fn refresh(&mut self) {
+        if let Some(t) = self.shared.table_if_changed(&mut self.seen) {
+            self.table = t;
+            let table = &self.table;
+            self.outs.retain(|peer, o| {
+                table
+                    .by_peer
+                    .get(peer)
+                    .is_some_and(|s| Arc::ptr_eq(s, &o.session))
+            });
+        }
+    }
+
+    fn out(&mut self, hop: u64) -> Option<&mut Out> {
+        if !self.outs.contains_key(&hop) {
+            let s = self.table.by_peer.get(&hop)?.clone();
+            self.outs.insert(hop, Out::new(s));
+        }
+        self.outs.get_mut(&hop)
+    }
+
+    /// Queues `data` (a piece of frame `meta`) to next hop `hop`.
+    pub fn queue(&mut self, hop: u64, now: Instant, meta: &Meta, offset: u32, data: &[u8]) -> bool {
+        let (shared, udp) = (self.shared.clone(), self.udp.clone());
+        match self.out(hop) {
+            Some(o) => {
+                o.push(&shared, &udp, now, meta, offset, data);
+                true
+            }
+            None => {
+                shared
+                    .counters
+                    .drop_no_route
+                    .fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    pub fn flush(&mut self, now: Instant) {
+        for o in self.outs.values_mut() {
+            if !o.is_empty() {
+                o.flush(&self.shared, &self.udp, now);
+            }
+        }
+    }
+
+    /// The owner of `mac`, from the gossiped table, else from data-plane learning.
+    fn owner(&self, mac: &[u8; 6]) -> Option<u64> {
+        if let Some(o) = self.table.macs.get(mac) {
+            return Some(*o);
+        }
+        self.shared
+            .learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(mac)
+            .copied()
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    /// The next hop towards `dst`: the route, else `dst` itself when it is a direct
+    /// neighbour the routes do not list yet (a new connection before gossip confirms it).
+    pub fn next_hop(&self, dst: u64) -> Option<u64> {
+        match self.table.unicast.get(&dst) {
+            Some(h) => Some(*h),
+            None => self.table.by_peer.contains_key(&dst).then_some(dst),
+        }
+    }
+
+    pub fn broadcast_children(&self, origin: u64) -> Vec<u64> {
+        self.table
+            .broadcast
+            .get(&origin)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Path MTU towards direct neighbour `hop` as an inner (pod) IP MTU.
+    fn inner_mtu_to(&self, hop: u64) -> Option<u16> {
+        let s = self.table.by_peer.get(&hop)?;
+        Some(inner_mtu(
+            s.path_mtu.load(Ordering::Relaxed) as u16,
+            self.shared.mode,
+        ))
+    }
+
+    /// Handles one frame read from the TAP: `buf` = vnet header + Ethernet frame.
+    fn frame(&mut self, tap: &Tap, buf: &[u8], now: Instant) {
+        if buf.len() < VNET_HDR_LEN + ETH_HLEN {
+            return;
+        }
+        let off = Offload::from_vnet(&buf[..VNET_HDR_LEN]);
+        let offload = (!off.is_none()).then_some(off);
+        let frame = &buf[VNET_HDR_LEN..];
+        self.shared
+            .counters
+            .frames_in
+            .fetch_add(1, Ordering::Relaxed);
+        let dst_mac: [u8; 6] = frame[..6].try_into().expect("length checked");
+        let me = self.shared.me;
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let multicast = dst_mac[0] & 1 == 1;
+        let owner = if multicast {
+            None
+        } else {
+            self.owner(&dst_mac)
+        };
+        match owner {
+            Some(o) if o == me => {}
+            Some(o) => {
+                let Some(hop) = self.next_hop(o) else {
+                    self.shared
+                        .counters
+                        .drop_no_route
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                if let Some(mtu) = self.inner_mtu_to(hop) {
+                    if self.too_big(tap, frame, offload.as_ref(), mtu) {
+                        return;
+                    }
+                }
+                let meta = Meta {
+                    dst: o,
+                    src: me,
+                    id,
+                    total: frame.len() as u32,
+                    offload,
+                };
+                self.queue(hop, now, &meta, 0, frame);
+            }
+            None => {
+                // Broadcast, multicast, or a MAC nobody claims: flood along our tree.
+                let meta = Meta {
+                    dst: BROADCAST,
+                    src: me,
+                    id,
+                    total: frame.len() as u32,
+                    offload,
+                };
+                for hop in self.broadcast_children(me) {
+                    self.queue(hop, now, &meta, 0, frame);
+                }
+            }
+        }
+    }
+
+    /// An IPv4 packet with DF that cannot fit the path: answer ICMP "fragmentation needed"
+    /// to the pod (true), so its TCP lowers the segment size.
+    fn too_big(&mut self, tap: &Tap, frame: &[u8], offload: Option<&Offload>, mtu: u16) -> bool {
+        let (df, len) = match offload.filter(|o| o.gso_size > 0) {
+            Some(o) => match (ipv4_df_len(frame), gso_segment_ip_len(frame, o)) {
+                (Some((df, _)), Some(seg)) => (df, seg),
+                _ => return false,
+            },
+            None => match ipv4_df_len(frame) {
+                Some(x) => x,
+                None => return false,
+            },
+        };
+        if !df || len <= mtu {
+            return false;
+        }
+        self.icmp.clear();
+        if frag_needed(frame, mtu, &mut self.icmp) {
+            let vnet = [0u8; VNET_HDR_LEN];
+            if tap.write_parts(&vnet, &self.icmp).is_ok() {
+                self.shared
+                    .counters
+                    .icmp_frag_needed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return true;
+        }
+        false
+    }
+}
+
+pub(crate) fn run(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) {
+    let mut s = Sender::new(shared.clone(), udp);
+    let mut buf = vec![0u8; 65_536 + VNET_HDR_LEN + 64];
+    while !shared.stop.load(Ordering::Relaxed) {
+        match poll_readable(&[tap.as_raw_fd()], POLL) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "sleeve: polling the TAP failed");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        }
+        s.refresh();
+        let now = Instant::now();
+        for _ in 0..READ_BATCH {
+            match tap.read(&mut buf) {
+                Ok(n) => s.frame(&tap, &buf[..n], now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sleeve: reading the TAP failed");
+                    break;
+                }
+            }
+        }
+        s.flush(now);
+    }
+}
