@@ -25,6 +25,8 @@ const TICK: Duration = Duration::from_millis(20);
 /// Reassembly: frames in flight and how long a partial frame waits.
 const REASM_ENTRIES: usize = 64;
 const REASM_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most MACs kept from data-plane learning.
+const MAX_LEARNED: usize = 16_384;
 
 struct Receiver {
     shared: Arc<Shared>,
@@ -59,7 +61,7 @@ impl Receiver {
             Err(e) => {
                 let counter = match e {
                     OpenError::Auth => &c.drop_auth,
-                    OpenError::Replay | OpenError::TooOld => &c.drop_replay,
+                    OpenError::Replay | OpenError::TooOld | OpenError::StaleKey => &c.drop_replay,
                     OpenError::WrongIndex => &c.drop_unknown_session,
                     _ => &c.drop_malformed,
                 };
@@ -199,12 +201,19 @@ impl Receiver {
         }
         let mac: [u8; 6] = frame[6..12].try_into().expect("length checked");
         if mac[0] & 1 == 0 && self.learned.get(&mac) != Some(&src) {
-            self.learned.insert(mac, src);
-            self.shared
+            let mut shared = self
+                .shared
                 .learned
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(mac, src);
+                .unwrap_or_else(|e| e.into_inner());
+            // Bounded: a peer sending from endless MACs cannot grow it without limit; the
+            // gossiped table covers every real endpoint anyway.
+            if shared.len() >= MAX_LEARNED {
+                shared.clear();
+                self.learned.clear();
+            }
+            self.learned.insert(mac, src);
+            shared.insert(mac, src);
         }
     }
 
