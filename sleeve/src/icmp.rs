@@ -13,7 +13,8 @@
 //! messages (RFC 1122: never answer an error with an error), or for packets from or to
 //! broadcast, multicast or unspecified addresses.
 
-use crate::records::{Offload, OFFLOAD_LEN, RECORD_HEADER_LEN};
+use crate::offload::Offload;
+use crate::records::{OFFLOAD_LEN, RECORD_HEADER_LEN};
 use crate::session::Mode;
 use crate::wire::IPV4_UDP_OVERHEAD;
 
@@ -86,7 +87,7 @@ pub fn ipv4_df_len(frame: &[u8]) -> Option<(bool, u16)> {
 /// segmentation, or the frame is not IPv4/IPv6 (without extension headers) carrying TCP or
 /// UDP.
 pub fn gso_segment_ip_len(frame: &[u8], off: &Offload) -> Option<u16> {
-    if off.gso_type & 0x7f == 0 || off.gso_size == 0 {
+    if !off.is_gso() || off.gso_size == 0 {
         return None;
     }
     let (l3, proto) = match be16(frame, 12)? {

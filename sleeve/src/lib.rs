@@ -9,6 +9,9 @@
 //! - [`session`]: per-direction ChaCha20-Poly1305 keys derived from the control connection's
 //!   Noise handshake, 64-bit counters, rekeying by time and volume with a key-phase bit;
 //! - [`replay`]: the 4096-counter sliding window;
+//! - [`offload`]: the Linux `virtio_net_hdr` (checksum and segmentation offload state) in
+//!   its kernel and wire encodings, and the strict check before a peer's header reaches the
+//!   kernel; the driver re-exports it;
 //! - [`records`]: frames (or pieces of them) with source and destination node and the Linux
 //!   offload header, several per datagram;
 //! - [`reasm`]: bounded reassembly of pieces at the destination;
@@ -21,6 +24,7 @@
 //! - [`engine`]: the two threads that join them, and the forwarding table the router feeds.
 
 pub mod icmp;
+pub mod offload;
 pub mod pmtu;
 pub mod reasm;
 pub mod records;

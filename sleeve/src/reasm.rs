@@ -12,7 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::records::{Offload, RecordHeader};
+use crate::offload::Offload;
+use crate::records::RecordHeader;
 
 /// Most disjoint byte ranges one partial frame may have; beyond it the entry is dropped
 /// (bounds the work per piece against a sender spraying tiny out-of-order pieces).

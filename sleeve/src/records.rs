@@ -7,8 +7,8 @@
 //! ```
 //!
 //! All integers are big-endian, including the offload block (the Linux `virtio_net_hdr`
-//! fields, which the TAP device gives and takes in little-endian order:
-//! [`Offload::from_vnet`] and [`Offload::to_vnet`] convert).
+//! fields of an [`Offload`], see [`crate::offload`]; the TAP device gives and takes them in
+//! little-endian order: [`Offload::from_vnet`] and [`Offload::to_vnet`] convert).
 //!
 //! [`Records`] is the checked zero-copy view of a payload: it yields each record's parsed
 //! header and a slice of its data, and stops at the first malformed record. A record is
@@ -18,105 +18,21 @@
 
 use thiserror::Error;
 
+pub use crate::offload::Offload;
+
 /// The destination peer name of a broadcast record.
 pub const BROADCAST: u64 = 0xFFFF_FFFF_FFFF;
 /// Largest peer name: names are 48 bits.
 pub const MAX_PEER: u64 = 0xFFFF_FFFF_FFFF;
 /// Record header length without the offload block.
 pub const RECORD_HEADER_LEN: usize = 27;
-/// Length of the offload block (a `virtio_net_hdr`).
-pub const OFFLOAD_LEN: usize = 10;
+/// Length of the offload block (a `virtio_net_hdr`, see [`crate::offload`]).
+pub const OFFLOAD_LEN: usize = crate::offload::LEN;
 /// Largest frame a record may belong to: a 64 KiB IP packet (the most a segmentation
 /// offload frame carries) plus its Ethernet header and two VLAN tags, rounded up.
 pub const MAX_FRAME: u32 = 65_600;
 
 const FLAG_OFFLOAD: u8 = 0x01;
-
-/// A frame's Linux `virtio_net_hdr`: checksum and segmentation offload state, carried so a
-/// 64 KB TSO frame crosses the tunnel whole and nobody segments or checksums in userspace.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Offload {
-    /// `VIRTIO_NET_HDR_F_*` (1 = needs checksum, 2 = data valid).
-    pub flags: u8,
-    /// `VIRTIO_NET_HDR_GSO_*` (0 none, 1 TCPv4, 3 UDP, 4 TCPv6, 5 UDP L4; 0x80 ECN).
-    pub gso_type: u8,
-    /// Length of the headers before the segmented payload.
-    pub hdr_len: u16,
-    /// Payload bytes per segment.
-    pub gso_size: u16,
-    /// Where checksumming starts, from the start of the Ethernet frame.
-    pub csum_start: u16,
-    /// Where the checksum goes, from `csum_start`.
-    pub csum_offset: u16,
-}
-
-impl Offload {
-    /// Reads a `virtio_net_hdr` as the TAP device gives it (little-endian fields). Fewer
-    /// than [`OFFLOAD_LEN`] bytes read as "no offload".
-    pub fn from_vnet(b: &[u8]) -> Offload {
-        match b.first_chunk::<OFFLOAD_LEN>() {
-            Some(b) => Offload {
-                flags: b[0],
-                gso_type: b[1],
-                hdr_len: u16::from_le_bytes([b[2], b[3]]),
-                gso_size: u16::from_le_bytes([b[4], b[5]]),
-                csum_start: u16::from_le_bytes([b[6], b[7]]),
-                csum_offset: u16::from_le_bytes([b[8], b[9]]),
-            },
-            None => Offload::default(),
-        }
-    }
-
-    /// Writes the `virtio_net_hdr` for the TAP device (little-endian fields) into
-    /// `out[..OFFLOAD_LEN]`; writes nothing if `out` is shorter.
-    pub fn to_vnet(&self, out: &mut [u8]) {
-        if let Some(o) = out.first_chunk_mut::<OFFLOAD_LEN>() {
-            o[0] = self.flags;
-            o[1] = self.gso_type;
-            o[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-            o[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-            o[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-            o[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        }
-    }
-
-    /// All fields zero: the frame needs no offload information.
-    pub fn is_none(&self) -> bool {
-        *self == Offload::default()
-    }
-
-    /// Whether the header is consistent with a frame of `frame_len` bytes: the checksum
-    /// position (when one is asked for) and the header length lie inside the frame, and a
-    /// segmentation type comes with a segment size. A receiver can check this before
-    /// handing a peer's offload block to its kernel.
-    pub fn plausible(&self, frame_len: usize) -> bool {
-        const NEEDS_CSUM: u8 = 1;
-        let csum_ok = self.flags & NEEDS_CSUM == 0
-            || usize::from(self.csum_start) + usize::from(self.csum_offset) + 2 <= frame_len;
-        let gso_ok = self.gso_type & 0x7f == 0 || self.gso_size > 0;
-        csum_ok && gso_ok && usize::from(self.hdr_len) <= frame_len
-    }
-
-    fn write_wire(&self, o: &mut [u8; OFFLOAD_LEN]) {
-        o[0] = self.flags;
-        o[1] = self.gso_type;
-        o[2..4].copy_from_slice(&self.hdr_len.to_be_bytes());
-        o[4..6].copy_from_slice(&self.gso_size.to_be_bytes());
-        o[6..8].copy_from_slice(&self.csum_start.to_be_bytes());
-        o[8..10].copy_from_slice(&self.csum_offset.to_be_bytes());
-    }
-
-    fn read_wire(b: &[u8; OFFLOAD_LEN]) -> Offload {
-        Offload {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u16::from_be_bytes([b[2], b[3]]),
-            gso_size: u16::from_be_bytes([b[4], b[5]]),
-            csum_start: u16::from_be_bytes([b[6], b[7]]),
-            csum_offset: u16::from_be_bytes([b[8], b[9]]),
-        }
-    }
-}
 
 /// The parsed header of one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -394,18 +310,6 @@ mod tests {
             csum_start: 34,
             csum_offset: 16,
         }
-    }
-
-    #[test]
-    fn vnet_roundtrip_is_little_endian() {
-        let mut b = [0u8; OFFLOAD_LEN];
-        off().to_vnet(&mut b);
-        assert_eq!(b, [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0]);
-        assert_eq!(Offload::from_vnet(&b), off());
-        assert!(Offload::from_vnet(&b[..9]).is_none());
-        assert!(!off().is_none());
-        assert!(off().plausible(100));
-        assert!(!off().plausible(51));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use driver_util::{pattern, require_root, Ns};
 use weft_sleeve::driver::{
-    wait_readable, Tap, TapOffloads, VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4,
+    wait_readable, Offload, Tap, TapOffloads, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4,
     TAP_BUF_LEN, VNET_HDR_LEN,
 };
 
@@ -98,7 +98,7 @@ fn short_read_buffer_is_an_error_and_small_frames_have_partial_checksums() {
     sock.send_to(&[7u8; 1000], "10.230.0.2:9").unwrap();
     let mut frame = vec![0u8; TAP_BUF_LEN];
     let n = next(&mut frame).unwrap();
-    let hdr = VnetHdr::parse(&frame[..n]).unwrap();
+    let hdr = Offload::parse(&frame[..n]).unwrap();
     println!("1000-byte UDP datagram: {n} bytes read, header {hdr:?}");
     assert_eq!(n, VNET_HDR_LEN + 14 + 20 + 8 + 1000);
     assert_eq!(hdr.gso_type, GSO_NONE);
@@ -336,7 +336,7 @@ fn pump(taps: [Tap; 2], stop: &AtomicBool) -> PumpStats {
                     Err(e) => panic!("TAP read: {e}"),
                 };
                 assert!(n > VNET_HDR_LEN, "short read {n}");
-                let hdr = VnetHdr::parse(&buf[..n]).unwrap();
+                let hdr = Offload::parse(&buf[..n]).unwrap();
                 let frame_len = n - VNET_HDR_LEN;
                 hdr.check(frame_len)
                     .unwrap_or_else(|e| panic!("kernel header refused by check: {e:?} {hdr:?}"));

@@ -4,8 +4,9 @@
 //! caps a tunnel at well under 1 Gbit/s).
 //!
 //! - [`Tap`] (TAP with `IFF_VNET_HDR` and TSO/checksum offloads): one read yields a whole TCP
-//!   send of up to 64 KB with its [`VnetHdr`]; one write hands such a frame to the receiving
-//!   kernel unsegmented. Neither side segments TCP or computes checksums in userspace.
+//!   send of up to 64 KB with its `virtio_net_hdr` (an [`Offload`]); one write hands such a
+//!   frame to the receiving kernel unsegmented. Neither side segments TCP or computes
+//!   checksums in userspace.
 //! - [`Udp`] (UDP GSO, GRO, `sendmmsg`/`recvmmsg`): the encrypted datagrams that carry such a
 //!   frame leave in one `sendmsg` and usually arrive in one `recvmmsg` slot.
 //! - [`wait_readable`]/[`wait_writable`]: `poll(2)` over the few descriptors of a worker.
@@ -22,21 +23,21 @@
 //! bug or an MTU change on the underlay; the path-MTU logic must treat that size as failed.
 //! Larger-than-path datagrams are silently dropped on the way, which is what the probes
 //! detect. A TAP write answers `EINVAL` for a frame whose header the kernel refuses; check
-//! headers from peers with [`VnetHdr::check`] first.
+//! headers from peers with [`Offload::check`] first.
 
 mod poll;
 mod sys;
 mod tap;
 mod udp;
-mod vnet;
 
+// The `virtio_net_hdr` on every TAP frame: the pure core's type, re-exported.
+pub use crate::offload::{
+    Offload, OffloadError, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6,
+    GSO_UDP, GSO_UDP_L4,
+};
 pub use poll::{poll_readable, wait_readable, wait_writable, Ready, MAX_POLL_FDS};
 pub use tap::{Tap, TapOffloads, MAX_FRAME_LEN, TAP_ATTACH_FLAGS, TAP_BUF_LEN, VNET_HDR_LEN};
 pub use udp::{
     RecvMeta, Udp, UdpConfig, MAX_BATCH, MAX_SEGMENTS, MAX_SEND, RECV_BUF_LEN, SEND_WAIT_LIMIT,
     SOCKET_BUFFER_BYTES,
-};
-pub use vnet::{
-    VnetError, VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6,
-    GSO_UDP, GSO_UDP_L4,
 };

@@ -8,7 +8,7 @@
 //! non-persistent, in the namespace of the calling thread). Then:
 //!
 //! - `TUNSETVNETHDRSZ` = 10: the plain `virtio_net_hdr`, no `num_buffers`;
-//! - `TUNSETVNETLE`: header fields little-endian on every host (see [`super::vnet`]);
+//! - `TUNSETVNETLE`: header fields little-endian on every host (see [`crate::offload`]);
 //! - `TUNSETOFFLOAD`: checksum offload plus TSO for IPv4, IPv6 and ECN. This is what makes the
 //!   kernel skip segmentation and checksumming before handing frames to us. If the kernel
 //!   refuses the full set, smaller sets are tried down to none; [`Tap::offloads`] says what
@@ -30,7 +30,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Size of the `virtio_net_hdr` that prefixes every frame read from or written to a [`Tap`].
-pub const VNET_HDR_LEN: usize = 10;
+pub const VNET_HDR_LEN: usize = crate::offload::LEN;
 
 /// The largest frame (Ethernet header onwards) the kernel hands over: a 64 KB GSO packet
 /// plus an Ethernet header and a VLAN tag.

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use super::{Session, Shared};
 use crate::driver::Udp;
-use crate::records::{write_record, Offload, RecordHeader, OFFLOAD_LEN, RECORD_HEADER_LEN};
+use crate::offload::Offload;
+use crate::records::{write_record, RecordHeader, OFFLOAD_LEN, RECORD_HEADER_LEN};
 use crate::wire::{PacketType, HEADER_LEN};
 
 /// Pieces smaller than this are not worth a record of their own at the end of a datagram.

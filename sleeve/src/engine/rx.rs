@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use super::out::Meta;
 use super::tx::Sender;
 use super::{Session, Shared, KEEPALIVE};
-use crate::driver::{poll_readable, RecvMeta, Tap, Udp, VnetHdr, VNET_HDR_LEN};
+use crate::driver::{poll_readable, RecvMeta, Tap, Udp, VNET_HDR_LEN};
+use crate::offload::Offload;
 use crate::reasm::Reassembler;
-use crate::records::{Offload, RecordHeader, Records, BROADCAST};
+use crate::records::{RecordHeader, Records, BROADCAST};
 use crate::session::OpenError;
 use crate::wire::{self, PacketType, HEADER_LEN};
 
@@ -173,9 +174,7 @@ impl Receiver {
         if let Some(o) = offload {
             o.to_vnet(&mut vnet);
             // A header the kernel would refuse (or misuse) never reaches the TAP.
-            if !o.plausible(frame.len())
-                || VnetHdr::parse(&vnet).is_none_or(|h| h.check(frame.len()).is_err())
-            {
+            if o.check(frame.len()).is_err() {
                 self.shared
                     .counters
                     .drop_bad_records

@@ -10,7 +10,8 @@ use super::out::{Meta, Out};
 use super::{Shared, Table};
 use crate::driver::{poll_readable, Tap, Udp, VNET_HDR_LEN};
 use crate::icmp::{frag_needed, gso_segment_ip_len, inner_mtu, ipv4_df_len, ETH_HLEN};
-use crate::records::{Offload, BROADCAST};
+use crate::offload::Offload;
+use crate::records::BROADCAST;
 
 /// Frames read before the queued datagrams are flushed.
 const READ_BATCH: usize = 64;
