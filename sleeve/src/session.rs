@@ -42,9 +42,8 @@ use core::ops::Range;
 use std::time::{Duration, Instant};
 
 use blake2::Blake2s256;
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use hkdf::SimpleHkdf;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use thiserror::Error;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -168,18 +167,21 @@ fn index(hash: &[u8; 32], to_initiator: bool) -> u32 {
 fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_be_bytes());
-    Nonce::from(n)
+    // Unique per key: counters only go up, and a key is never used past the counter limit.
+    Nonce::assume_unique_for_key(n)
 }
 
 /// One key of a direction's chain: the chain value (to derive the next) and its cipher.
 struct ChainKey {
     secret: Secret,
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
 }
 
 impl ChainKey {
     fn new(secret: Secret) -> Self {
-        let cipher = ChaCha20Poly1305::new(secret.as_ref().into());
+        let key = UnboundKey::new(&CHACHA20_POLY1305, secret.as_ref())
+            .expect("a 32-byte ChaCha20-Poly1305 key");
+        let cipher = LessSafeKey::new(key);
         ChainKey { secret, cipher }
     }
 
@@ -283,6 +285,8 @@ impl SessionKeys {
             next: None,
             next2: None,
             prev: None,
+            skip_after: policy.after,
+            skip_packets: policy.after_packets,
             received: 0,
             rekeys: 0,
             last_authenticated: None,
@@ -360,9 +364,9 @@ impl TxSession {
             let (payload, tail) = rest.split_at_mut(payload_len);
             let tag = key
                 .cipher
-                .encrypt_in_place_detached(&nonce(self.counter), head, payload)
+                .seal_in_place_separate_tag(nonce(self.counter), Aad::from(&*head), payload)
                 .map_err(|_| SealError::TooLong)?;
-            tail[..TAG_LEN].copy_from_slice(&tag);
+            tail[..TAG_LEN].copy_from_slice(tag.as_ref());
         }
         self.counter += 1;
         self.key_packets += 1;
@@ -440,7 +444,11 @@ pub struct RxSession {
     cur_last: Option<u64>,
     next: Option<ChainKey>,
     next2: Option<ChainKey>,
-    prev: Option<(ChaCha20Poly1305, Instant)>,
+    prev: Option<(LessSafeKey, Instant)>,
+    /// A packet may be two keys ahead only after this long without one (or a counter jump
+    /// of a whole key's packets): only then is its ciphertext kept for a second attempt.
+    skip_after: Duration,
+    skip_packets: u64,
     received: u64,
     rekeys: u64,
     last_authenticated: Option<Instant>,
@@ -458,17 +466,20 @@ impl core::fmt::Debug for RxSession {
     }
 }
 
+/// One authentication attempt. ring decrypts while it authenticates, so a failed attempt
+/// leaves the payload garbled: a caller that may try another key keeps a copy first.
 fn try_open(
-    cipher: &ChaCha20Poly1305,
+    cipher: &LessSafeKey,
     counter: u64,
     head: &[u8],
     payload: &mut [u8],
     tag: &[u8],
 ) -> bool {
-    // ChaCha20-Poly1305 verifies the tag before it decrypts: a failed attempt leaves the
-    // payload untouched, so another key can be tried on the same bytes.
+    let Ok(tag) = Tag::try_from(tag) else {
+        return false;
+    };
     cipher
-        .decrypt_in_place_detached(&nonce(counter), head, payload, Tag::from_slice(tag))
+        .open_in_place_separate_tag(nonce(counter), Aad::from(head), tag, payload, 0..)
         .is_ok()
 }
 
@@ -503,13 +514,22 @@ impl RxSession {
         let newer = self.cur_last.is_none_or(|l| counter > l);
         let used = if hdr.key_phase == self.phase {
             let cur = self.cur.as_ref().ok_or(OpenError::Auth)?;
+            // The sender can be two keys ahead only after a whole key period we did not
+            // see: then keep the ciphertext for a second attempt (rare; normally one).
+            let may_skip = newer
+                && (self
+                    .last_authenticated
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.skip_after)
+                    || counter.saturating_sub(self.cur_last.unwrap_or(0)) >= self.skip_packets);
+            let copy = may_skip.then(|| payload.to_vec());
             if try_open(&cur.cipher, counter, head, payload, tag) {
                 Used::Cur
-            } else if newer
-                && self
-                    .next2_key()
-                    .is_some_and(|k| try_open(&k.cipher, counter, head, payload, tag))
-            {
+            } else if let Some(copy) = copy.filter(|_| self.next2_key().is_some()) {
+                payload.copy_from_slice(&copy);
+                let k = self.next2_key().expect("checked above");
+                if !try_open(&k.cipher, counter, head, payload, tag) {
+                    return Err(OpenError::Auth);
+                }
                 Used::Next2
             } else {
                 return Err(OpenError::Auth);
