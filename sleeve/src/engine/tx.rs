@@ -56,24 +56,24 @@ impl Sender {
         }
     }
 
-    fn out(&mut self, hop: u64) -> Option<&mut Out> {
-        if !self.outs.contains_key(&hop) {
-            let s = self.table.by_peer.get(&hop)?.clone();
-            self.outs.insert(hop, Out::new(s));
-        }
-        self.outs.get_mut(&hop)
-    }
-
     /// Queues `data` (a piece of frame `meta`) to next hop `hop`.
     pub fn queue(&mut self, hop: u64, now: Instant, meta: &Meta, offset: u32, data: &[u8]) -> bool {
-        let (shared, udp) = (self.shared.clone(), self.udp.clone());
-        match self.out(hop) {
+        // Disjoint field borrows: no reference counting per frame.
+        let out = match self.outs.entry(hop) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => self
+                .table
+                .by_peer
+                .get(&hop)
+                .map(|s| e.insert(Out::new(s.clone()))),
+        };
+        match out {
             Some(o) => {
-                o.push(&shared, &udp, now, meta, offset, data);
+                o.push(&self.shared, &self.udp, now, meta, offset, data);
                 true
             }
             None => {
-                shared
+                self.shared
                     .counters
                     .drop_no_route
                     .fetch_add(1, Ordering::Relaxed);
