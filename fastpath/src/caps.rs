@@ -15,6 +15,10 @@
 //!   first use and are not proven by this.
 //! - `br_netfilter`: `/proc/sys/net/bridge/bridge-nf-call-iptables` exists in the caller's
 //!   namespace, i.e. the module is loaded. (Whether it is enabled is the policy issue's concern.)
+//! - `esp`: an ESP transport SA with the encrypted fastpath's exact parameters (AES-256-GCM,
+//!   extended sequence numbers, replay window; see [`crate::xfrm`]) was installed over XFRM
+//!   netlink, listed, and deleted. A kernel with XFRM but without ESP (or without that AEAD)
+//!   refuses the SA: `Missing`, with the kernel's answer.
 //!
 //! Without the privilege to make a namespace (not root, no `CAP_SYS_ADMIN`), the link and TAP
 //! probes report `Unknown` with the reason rather than guessing.
@@ -55,6 +59,8 @@ pub struct Capabilities {
     pub vxlan: Probe,
     pub nftables: Probe,
     pub br_netfilter: Probe,
+    /// IPsec ESP (xfrm) with the AEAD the encrypted fastpath uses.
+    pub esp: Probe,
 }
 
 /// Probe the kernel (a few milliseconds; blocking: from async code, call it through
@@ -81,8 +87,9 @@ pub fn detect_capabilities() -> Capabilities {
             veth: Probe::Unknown(why.clone()),
             tuntap: Probe::Unknown(why.clone()),
             vxlan: Probe::Unknown(why.clone()),
-            nftables: Probe::Unknown(why),
+            nftables: Probe::Unknown(why.clone()),
             br_netfilter,
+            esp: Probe::Unknown(why),
         },
     }
 }
@@ -94,7 +101,8 @@ fn probe_in_throwaway_netns() -> Capabilities {
         tuntap: Probe::Unknown(why.clone()),
         vxlan: Probe::Unknown(why.clone()),
         nftables: Probe::Unknown(why.clone()),
-        br_netfilter: Probe::Unknown(why),
+        br_netfilter: Probe::Unknown(why.clone()),
+        esp: Probe::Unknown(why),
     };
     // SAFETY: unshare affects only this (dedicated, short-lived) thread's network namespace.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -110,18 +118,20 @@ fn probe_in_throwaway_netns() -> Capabilities {
         Ok(rt) => rt,
         Err(e) => return unknown(format!("cannot build probe runtime: {e}")),
     };
-    let (bridge, veth, vxlan) = rt.block_on(async {
+    let (bridge, veth, vxlan, esp) = rt.block_on(async {
+        let esp = esp_probe().await;
         let nl = match Netlink::connect("throwaway probe netns".into()) {
             Ok(nl) => nl,
             Err(e) => {
                 let u = Probe::Unknown(e.to_string());
-                return (u.clone(), u.clone(), u);
+                return (u.clone(), u.clone(), u, esp);
             }
         };
         (
             link_probe(&nl, LinkBridge::new("wprobe-br").build()).await,
             link_probe(&nl, LinkVeth::new("wprobe-v0", "wprobe-v1").build()).await,
             link_probe(&nl, LinkVxlan::new("wprobe-vx", 42).port(6785).build()).await,
+            esp,
         )
     });
     let tuntap = match tap::probe("wprobe-tap") {
@@ -135,7 +145,25 @@ fn probe_in_throwaway_netns() -> Capabilities {
         vxlan,
         nftables: nft_probe(),
         br_netfilter: Probe::Unknown("set by the caller".into()),
+        esp,
     }
+}
+
+async fn esp_probe() -> Probe {
+    let Err(e) = crate::xfrm::probe().await else {
+        return Probe::Available;
+    };
+    // The kernel checks the algorithm before the protocol: ENOSYS means the AEAD is not there
+    // (it may still lack ESP itself), EPROTONOSUPPORT that ESP (or XFRM netlink) is not.
+    let what = match e.errno() {
+        Some(libc::ENOSYS | libc::ENOENT) => {
+            format!("no {} AEAD for XFRM", crate::xfrm::AEAD_ALG)
+        }
+        Some(libc::EPROTONOSUPPORT | libc::EOPNOTSUPP) => "no ESP protocol in XFRM".to_string(),
+        Some(libc::EINVAL) => "the kernel refused an ESP transport SA".to_string(),
+        _ => return Probe::Unknown(e.to_string()),
+    };
+    Probe::Missing(format!("kernel lacks ESP: {what} ({e})"))
 }
 
 fn classify(e: io::Error) -> Probe {

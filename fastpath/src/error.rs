@@ -124,6 +124,24 @@ pub enum Error {
         wanted: String,
     },
 
+    /// The kernel lacks a feature weft needs for this (a link type it cannot create, ...).
+    #[error("kernel lacks {what} in {ns}: {source}")]
+    Unsupported {
+        what: &'static str,
+        ns: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Installing or removing IPsec (XFRM) state or policy failed.
+    #[error("{op} {target}: {detail}")]
+    Xfrm {
+        op: &'static str,
+        target: String,
+        detail: String,
+        errno: Option<i32>,
+    },
+
     /// CHECK found the attachment not as requested; `detail` lists every mismatch.
     #[error("check of {ifname} in {netns} (host side {host_ifname}): {detail}")]
     CheckFailed {
@@ -143,7 +161,9 @@ impl Error {
             | Error::NetlinkSocket { source, .. }
             | Error::Netlink { source, .. }
             | Error::Tap { source, .. }
-            | Error::Sysctl { source, .. } => source.raw_os_error(),
+            | Error::Sysctl { source, .. }
+            | Error::Unsupported { source, .. } => source.raw_os_error(),
+            Error::Xfrm { errno, .. } => *errno,
             _ => None,
         }
     }

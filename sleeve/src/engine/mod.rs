@@ -192,6 +192,13 @@ pub(crate) struct Shared {
     /// MACs learned from received frames (source MAC -> source node), consulted when the
     /// gossiped table has no entry.
     pub learned: Mutex<HashMap<[u8; 6], u64>>,
+    /// Ids of frames this node originates (reassembly keys), shared by every thread that
+    /// reads the TAP.
+    pub frame_ids: AtomicU32,
+    /// Held by whichever thread is reading the TAP and sending what it read, so frames
+    /// leave in the order they were read (see `RxState::round`: the rx thread drains the
+    /// TAP after delivering, at low load, to save a thread wake-up per round trip).
+    pub tap_reader: Mutex<()>,
 }
 
 impl Shared {
@@ -253,6 +260,8 @@ impl Engine {
             generation: AtomicU64::new(1),
             table: Mutex::new(Arc::new(Table::default())),
             learned: Mutex::new(HashMap::new()),
+            frame_ids: AtomicU32::new(0),
+            tap_reader: Mutex::new(()),
         });
         let mut threads = Vec::new();
         {

@@ -21,6 +21,8 @@ use crate::wire::{self, PacketType, HEADER_LEN};
 const RECV_BATCH: usize = 16;
 /// Receive rounds before the relay queues are flushed and timers run.
 const ROUNDS: usize = 8;
+/// Datagrams per wake-up up to which the rx thread also drains the TAP.
+const LOW_LOAD: usize = 4;
 /// Timer granularity.
 const TICK: Duration = Duration::from_millis(20);
 /// Reassembly: frames in flight and how long a partial frame waits.
@@ -37,6 +39,8 @@ struct Receiver {
     reasm: Reassembler,
     /// Source MACs already recorded as learned (avoids the shared lock per frame).
     learned: HashMap<[u8; 6], u64>,
+    /// Frames written to the TAP since the last look at it (see [`run`]).
+    tap_writes: usize,
 }
 
 impl Receiver {
@@ -184,6 +188,7 @@ impl Receiver {
         }
         match self.tap.write_parts(&vnet, frame) {
             Ok(_) => {
+                self.tap_writes += 1;
                 self.shared
                     .counters
                     .frames_out
@@ -310,32 +315,43 @@ fn send_control(
     }
 }
 
-pub(crate) fn run(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) {
-    let mut r = Receiver {
-        shared: shared.clone(),
-        tap,
-        udp: udp.clone(),
-        relay: Sender::new(shared.clone(), udp.clone()),
-        reasm: Reassembler::new(REASM_ENTRIES, REASM_TIMEOUT),
-        learned: HashMap::new(),
-    };
-    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65_536]).collect();
-    let mut metas: Vec<RecvMeta> = (0..RECV_BATCH).map(|_| RecvMeta::default()).collect();
-    let mut next_tick = Instant::now();
-    while !shared.stop.load(Ordering::Relaxed) {
-        let wait = next_tick.saturating_duration_since(Instant::now());
-        match poll_readable(&[udp.as_raw_fd()], wait) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "sleeve: polling the UDP socket failed");
-                std::thread::sleep(TICK);
-            }
+/// The rx thread's state.
+struct RxState {
+    r: Receiver,
+    tap_buf: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    metas: Vec<RecvMeta>,
+    next_tick: Instant,
+}
+
+impl RxState {
+    fn new(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) -> RxState {
+        RxState {
+            r: Receiver {
+                shared: shared.clone(),
+                tap,
+                udp: udp.clone(),
+                relay: Sender::new(shared, udp),
+                reasm: Reassembler::new(REASM_ENTRIES, REASM_TIMEOUT),
+                learned: HashMap::new(),
+                tap_writes: 0,
+            },
+            tap_buf: super::tx::tap_buffer(),
+            bufs: (0..RECV_BATCH).map(|_| vec![0u8; 65_536]).collect(),
+            metas: (0..RECV_BATCH).map(|_| RecvMeta::default()).collect(),
+            next_tick: Instant::now(),
         }
+    }
+
+    /// Receives what is queued on the socket (without blocking), delivers and relays it.
+    /// Returns the number of datagrams received.
+    fn round(&mut self) -> usize {
+        let r = &mut self.r;
         r.relay.refresh();
         let now = Instant::now();
+        let mut received = 0;
         for _ in 0..ROUNDS {
-            let n = match udp.recv_many(&mut bufs, &mut metas) {
+            let n = match r.udp.recv_many(&mut self.bufs, &mut self.metas) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -344,7 +360,8 @@ pub(crate) fn run(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) {
                     break;
                 }
             };
-            for (buf, m) in bufs.iter_mut().zip(metas.iter()).take(n) {
+            received += n;
+            for (buf, m) in self.bufs.iter_mut().zip(self.metas.iter()).take(n) {
                 let seg = m.segment.max(1);
                 for chunk in buf[..m.len].chunks_mut(seg) {
                     r.datagram(chunk, m.src, now);
@@ -355,11 +372,47 @@ pub(crate) fn run(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) {
             }
         }
         r.relay.flush(now);
-        let now = Instant::now();
-        if now >= next_tick {
-            r.timers(now);
-            r.relay.flush(now);
-            next_tick = now + TICK;
+        // At low load, what we just wrote to the TAP is often answered at once: the kernel
+        // runs the pod's reply (an ICMP echo reply, a TCP ACK, a request/response) inside
+        // our write, so it is already queued on the TAP. Sending it from here saves the tx
+        // thread's wake-up, a large share of a round trip's added latency. Under load the
+        // tx thread is awake anyway and this is skipped; `tap_reader` keeps the frames in
+        // the order they were read when both threads try.
+        if r.tap_writes > 0 && received <= LOW_LOAD {
+            if let Ok(_reading) = r.shared.tap_reader.try_lock() {
+                let tap = r.tap.clone();
+                super::tx::drain_tap(&mut r.relay, &tap, &mut self.tap_buf, Instant::now());
+            }
         }
+        r.tap_writes = 0;
+        received
+    }
+
+    /// Runs the timers if they are due; returns how long until they are due next.
+    fn timers(&mut self) -> Duration {
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.r.timers(now);
+            self.r.relay.flush(now);
+            self.next_tick = now + TICK;
+        }
+        self.next_tick.saturating_duration_since(now)
+    }
+}
+
+pub(crate) fn run(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) {
+    let mut st = RxState::new(shared.clone(), tap, udp.clone());
+    let mut wait = Duration::ZERO;
+    while !shared.stop.load(Ordering::Relaxed) {
+        match poll_readable(&[udp.as_raw_fd()], wait) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "sleeve: polling the UDP socket failed");
+                std::thread::sleep(TICK);
+            }
+        }
+        st.round();
+        wait = st.timers();
     }
 }

@@ -25,7 +25,6 @@ pub(crate) struct Sender {
     table: Arc<Table>,
     seen: u64,
     outs: HashMap<u64, Out>,
-    next_id: u32,
     icmp: Vec<u8>,
 }
 
@@ -37,7 +36,6 @@ impl Sender {
             table: Arc::new(Table::default()),
             seen: 0,
             outs: HashMap::new(),
-            next_id: 0,
             icmp: Vec::with_capacity(256),
         }
     }
@@ -134,7 +132,7 @@ impl Sender {
     }
 
     /// Handles one frame read from the TAP: `buf` = vnet header + Ethernet frame.
-    fn frame(&mut self, tap: &Tap, buf: &[u8], now: Instant) {
+    pub fn frame(&mut self, tap: &Tap, buf: &[u8], now: Instant) {
         if buf.len() < VNET_HDR_LEN + ETH_HLEN {
             return;
         }
@@ -147,8 +145,7 @@ impl Sender {
             .fetch_add(1, Ordering::Relaxed);
         let dst_mac: [u8; 6] = frame[..6].try_into().expect("length checked");
         let me = self.shared.me;
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.shared.frame_ids.fetch_add(1, Ordering::Relaxed);
         let multicast = dst_mac[0] & 1 == 1;
         let owner = if multicast {
             None
@@ -226,9 +223,36 @@ impl Sender {
     }
 }
 
+/// Reads up to [`READ_BATCH`] frames from the TAP (without blocking) and sends them.
+/// The caller holds `Shared::tap_reader`. Returns how many frames were read.
+pub(crate) fn drain_tap(s: &mut Sender, tap: &Tap, buf: &mut [u8], now: Instant) -> usize {
+    let mut n_read = 0;
+    while n_read < READ_BATCH {
+        match tap.read(buf) {
+            Ok(n) => {
+                n_read += 1;
+                s.frame(tap, &buf[..n], now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "sleeve: reading the TAP failed");
+                break;
+            }
+        }
+    }
+    s.flush(now);
+    n_read
+}
+
+/// A buffer for one TAP read: the vnet header and a 64 KiB offloaded frame.
+pub(crate) fn tap_buffer() -> Vec<u8> {
+    vec![0u8; 65_536 + VNET_HDR_LEN + 64]
+}
+
 pub(crate) fn run(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) {
     let mut s = Sender::new(shared.clone(), udp);
-    let mut buf = vec![0u8; 65_536 + VNET_HDR_LEN + 64];
+    let mut buf = tap_buffer();
     while !shared.stop.load(Ordering::Relaxed) {
         match poll_readable(&[tap.as_raw_fd()], POLL) {
             Ok(_) => {}
@@ -240,18 +264,7 @@ pub(crate) fn run(shared: Arc<Shared>, tap: Arc<Tap>, udp: Arc<Udp>) {
             }
         }
         s.refresh();
-        let now = Instant::now();
-        for _ in 0..READ_BATCH {
-            match tap.read(&mut buf) {
-                Ok(n) => s.frame(&tap, &buf[..n], now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "sleeve: reading the TAP failed");
-                    break;
-                }
-            }
-        }
-        s.flush(now);
+        let _reading = shared.tap_reader.lock().unwrap_or_else(|e| e.into_inner());
+        drain_tap(&mut s, &tap, &mut buf, Instant::now());
     }
 }
