@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Policy benchmarks (issue 6 targets): 10,000 pods in 100 namespaces on 100 nodes and
 # 1,000 NetworkPolicies. Measures compile, render and apply (real nft in a throwaway network
-# namespace, whole table and element update), and new-flow rate pod -> pod through the rules
-# with no table, 10 policies and 1,000 policies (per-packet cost must not depend on the
-# number of policies). Needs root and nft. Prints a markdown table for docs/policy.md.
+# namespace: whole table on a node with 100 and with 1,000 local pods, element updates for one
+# pod added/removed), nft -f of text against JSON, and new-flow rate pod -> pod through the
+# rules with no table, 10 policies and 1,000 policies (per-packet cost must not depend on the
+# number of policies). Repeated measurements are given as median (range). Needs root and nft.
+# Prints a markdown table for docs/policy.md.
 # Usage: bench/policy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -116,7 +116,9 @@ fn labels_of(meta: &ObjectMeta) -> Labels {
     meta.labels.clone().unwrap_or_default()
 }
 
-/// A Namespace. The API server's `kubernetes.io/metadata.name` label is added if missing.
+/// A Namespace. Its `kubernetes.io/metadata.name` label is set to its name, as the API
+/// server does for every namespace (it also overwrites a different value): selectors can rely
+/// on it, and a manifest cannot make one namespace look like another.
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, Invalid> {
     let name = name_of(&ns.metadata)?;
     if !is_dns_label(&name) {
@@ -126,16 +128,19 @@ pub fn namespace(ns: &core::Namespace) -> Result<Namespace, Invalid> {
         });
     }
     let mut labels = labels_of(&ns.metadata);
-    labels
-        .entry(NAMESPACE_NAME_LABEL.into())
-        .or_insert_with(|| name.clone());
+    labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
     Ok(Namespace { name, labels })
 }
 
 /// A Pod. `Ok(None)` for pods policies do not apply to: host-network pods (their address is
-/// the node's) and pods that have finished (`Succeeded`/`Failed`: their address may already
-/// belong to another pod). Addresses come from `status.podIPs` (or `status.podIP`); callers
-/// that know better (the CNI records) may replace them.
+/// the node's) and pods that have finished (`Succeeded`/`Failed`: their address is released
+/// and may already belong to another pod). A pod being deleted (`deletionTimestamp` set) is
+/// still running and still counts until it is gone. Addresses come from `status.podIPs` (or
+/// `status.podIP`); callers that know better (the CNI records) may replace them.
+///
+/// Named ports are those of the containers and of the sidecars (init containers with
+/// `restartPolicy: Always`, which keep running), in that order; if two containers use one
+/// name, the first wins (as Kubernetes resolves a Service's named `targetPort`).
 pub fn pod(p: &core::Pod) -> Result<Option<crate::model::Pod>, Invalid> {
     let name = name_of(&p.metadata)?;
     let namespace = namespace_of(&p.metadata)?;
@@ -170,14 +175,28 @@ pub fn pod(p: &core::Pod) -> Result<Option<crate::model::Pod>, Invalid> {
         }
     }
     let mut named_ports = BTreeMap::new();
-    for (ci, c) in spec
-        .map(|s| s.containers.as_slice())
-        .unwrap_or(&[])
-        .iter()
-        .enumerate()
-    {
+    let containers = spec
+        .map(|s| {
+            s.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ("containers", i, c))
+        })
+        .into_iter()
+        .flatten();
+    let sidecars = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .map(|v| {
+            v.iter()
+                .enumerate()
+                .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+                .map(|(i, c)| ("initContainers", i, c))
+        })
+        .into_iter()
+        .flatten();
+    for (list, ci, c) in containers.chain(sidecars) {
         for (pi, cp) in c.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
-            let field = format!("spec.containers[{ci}].ports[{pi}]");
+            let field = format!("spec.{list}[{ci}].ports[{pi}]");
             let Some(pname) = &cp.name else { continue };
             if !is_port_name(pname) {
                 return Err(Invalid::BadPortName {
@@ -190,7 +209,9 @@ pub fn pod(p: &core::Pod) -> Result<Option<crate::model::Pod>, Invalid> {
                 i64::from(cp.container_port),
                 &format!("{field}.containerPort"),
             )?;
-            named_ports.insert(pname.clone(), NamedPort { protocol, port });
+            named_ports
+                .entry(pname.clone())
+                .or_insert(NamedPort { protocol, port });
         }
     }
     Ok(Some(crate::model::Pod {

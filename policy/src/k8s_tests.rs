@@ -250,3 +250,122 @@ fn pods_and_namespaces() {
         serde_json::from_value(json!({"metadata": {"name": "Shop"}})).unwrap();
     assert!(namespace(&bad).is_err());
 }
+
+#[test]
+fn port_bounds() {
+    for (spec, want) in [
+        (
+            json!({"ingress": [{"ports": [{"port": 80, "endPort": 70000}]}]}),
+            "spec.ingress[0].ports[0].endPort: 70000 is not a port number (1-65535)",
+        ),
+        (
+            json!({"ingress": [{"ports": [{"port": -1}]}]}),
+            "spec.ingress[0].ports[0].port: -1 is not a port number (1-65535)",
+        ),
+        (
+            json!({"egress": [{"ports": [{"port": 65535, "endPort": 0}]}]}),
+            "spec.egress[0].ports[0].endPort: 0 is not a port number (1-65535)",
+        ),
+        (
+            json!({"egress": [{"ports": [{"port": 443, "endPort": 442}]}]}),
+            "spec.egress[0].ports[0].endPort: endPort 442 is below port 443",
+        ),
+    ] {
+        assert_eq!(err(spec.clone()), want, "{spec}");
+    }
+    let p = network_policy(&np(json!({"ingress": [{"ports": [
+        {"port": 443, "endPort": 443}, {"port": 1, "endPort": 65535, "protocol": "UDP"}
+    ]}]})))
+    .unwrap();
+    let Ports::List(ports) = &p.ingress[0].ports else {
+        panic!()
+    };
+    assert_eq!(ports[0].port, PortSpec::Range(443, 443));
+    assert_eq!(ports[1].port, PortSpec::Range(1, 65535));
+}
+
+#[test]
+fn namespace_name_label_is_always_the_name() {
+    for meta in [
+        json!({"name": "shop"}),
+        json!({"name": "shop", "labels": {}}),
+        json!({"name": "shop", "labels": {"kubernetes.io/metadata.name": "bank", "t": "1"}}),
+    ] {
+        let ns: core::Namespace = serde_json::from_value(json!({ "metadata": meta })).unwrap();
+        let n = namespace(&ns).unwrap();
+        assert_eq!(n.labels[NAMESPACE_NAME_LABEL], "shop", "{meta}");
+    }
+}
+
+#[test]
+fn sidecar_ports_count_and_the_first_name_wins() {
+    let p: core::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "containers": [
+                {"name": "app", "ports": [{"name": "http", "containerPort": 8080}]},
+                {"name": "other", "ports": [{"name": "http", "containerPort": 9090}, {"name": "admin", "containerPort": 9000}]}
+            ],
+            "initContainers": [
+                {"name": "proxy", "restartPolicy": "Always", "ports": [{"name": "mesh", "containerPort": 15001}, {"name": "http", "containerPort": 1}]},
+                {"name": "setup", "ports": [{"name": "setup", "containerPort": 7000}]}
+            ]
+        },
+        "status": {"podIP": "10.32.0.5"}
+    }))
+    .unwrap();
+    let m = pod(&p).unwrap().unwrap();
+    let ports: Vec<(&str, u16)> = m
+        .named_ports
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![("admin", 9000), ("http", 8080), ("mesh", 15001)],
+        "a plain init container has finished before the pod serves anything"
+    );
+    let bad: core::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "b"},
+        "spec": {"containers": [], "initContainers": [{"name": "s", "restartPolicy": "Always", "ports": [{"name": "x", "containerPort": 0}]}]}
+    }))
+    .unwrap();
+    assert!(pod(&bad)
+        .unwrap_err()
+        .to_string()
+        .starts_with("spec.initContainers[0].ports[0].containerPort"));
+}
+
+#[test]
+fn pod_lifecycle() {
+    let with = |status: serde_json::Value, meta: serde_json::Value| -> Option<crate::model::Pod> {
+        let mut m = json!({"name": "p", "namespace": "shop"});
+        m.as_object_mut()
+            .unwrap()
+            .extend(meta.as_object().unwrap().clone());
+        pod(&serde_json::from_value(
+            json!({"metadata": m, "spec": {"containers": []}, "status": status}),
+        )
+        .unwrap())
+        .unwrap()
+    };
+    // Not scheduled yet / no address yet: a pod (policies select it), without addresses.
+    assert!(with(json!({"phase": "Pending"}), json!({}))
+        .unwrap()
+        .ips
+        .is_empty());
+    // Finished: its address is released (and may be another pod's).
+    for phase in ["Succeeded", "Failed"] {
+        assert_eq!(
+            with(json!({"phase": phase, "podIP": "10.32.0.9"}), json!({})),
+            None
+        );
+    }
+    // Being deleted (graceful termination): still running, still enforced and a peer.
+    let p = with(
+        json!({"phase": "Running", "podIP": "10.32.0.9"}),
+        json!({"deletionTimestamp": "2025-01-01T00:00:00Z"}),
+    )
+    .unwrap();
+    assert_eq!(p.ips, vec!["10.32.0.9".parse::<IpAddr>().unwrap()]);
+}

@@ -1,29 +1,44 @@
-//! Rendering: the compiled policy of the pods on this node as one nftables table.
+//! Rendering: the compiled policy of the pods on this node as one nftables table, as data.
+//! [`Ruleset::to_nft`] and [`Ruleset::diff`] write it as nft text (whole, or the element
+//! differences).
 //!
 //! Layout (`inet weft-policy`, see `docs/policy.md` for a full example):
 //! - chain `forward` (hook forward, priority filter): `ct state established,related accept`,
-//!   then `ip saddr vmap @egress4` and `ip daddr vmap @ingress4` (and the `ip6` pair when the
-//!   node has IPv6 pods). Bridged pod↔pod and overlay traffic reaches this hook through
-//!   `br_netfilter`; routed traffic reaches it anyway. Node↔pod traffic never does (input/output).
+//!   then `ip saddr vmap @egress4` and `ip daddr vmap @ingress4` (and the `ip6` pair when this
+//!   node has IPv6 pod addresses). Bridged pod↔pod and overlay traffic reaches this hook
+//!   through `br_netfilter`; routed traffic reaches it anyway. Node↔pod traffic never does.
 //! - the verdict maps send each isolated local pod address to its **group** chain: pods of one
 //!   namespace selected by the same rules (and, for ingress, resolving the named ports those
 //!   rules use to the same numbers) share one group.
-//! - a group chain is two set lookups per family (`addr . l4proto . dport` in a concatenated
-//!   interval set, and `addr` alone for rules without ports), then a rate-limited NFLOG line
+//! - a group chain looks the peer up in (a) **static sets**, whose contents follow from the
+//!   policies alone and which are shared by content across groups: address ranges
+//!   (`ipBlock`s, rules without peers) admitted on every port, `addr . l4proto . dport`
+//!   rectangles admitted on some ports, and the port lists of the rules below; (b) **shared
+//!   peer sets**: one hash set of pod addresses per distinct list of pod-selector peers,
+//!   shared by every group and rule that uses it, with the ports the group's rules allow for
+//!   it; (c) for egress to named ports, **shared named-port sets**: every pod address with a
+//!   container port of that name and protocol, with its number. Then a rate-limited NFLOG line
 //!   and a per-namespace named counter before `drop`. Egress groups `return` on a match (the
 //!   destination's ingress is checked next); ingress groups `accept`.
 //!
-//! Group and set names derive from a hash of the group's identity (its rules, not its
-//! contents), so a pod coming or going usually changes only set elements, which
-//! [`Ruleset::diff`] turns into an element-only transaction.
+//! Which sets and rules exist depends only on the policies and on which rules apply to which
+//! local pods, never on which pods a selector matches: a pod coming or going anywhere in the
+//! cluster changes elements of the peer, named-port and map sets only, which
+//! [`Ruleset::diff`] turns into an element-only transaction. Groups and peer sets are named
+//! by a hash of their identity (the rules, or the peer definitions); static sets by a hash of
+//! their contents (which only a policy change can change).
 
-use crate::addr::{normalize_ranges, AddrSet, Bound};
-use crate::compile::{Compiled, CompiledRule};
+use crate::addr::AddrSet;
+use crate::compile::{Compiled, RuleRef};
 use crate::model::{Direction, Pod, PortSpec, Ports, Protocol};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+pub use crate::rects::Elem;
+use crate::rects::{disjoint, merge_ports};
+pub use crate::script::Diff;
 
 /// The table weft owns for policy (family `inet`; the masquerade table is `ip weft`).
 pub const TABLE: &str = "weft-policy";
@@ -31,6 +46,8 @@ pub const TABLE: &str = "weft-policy";
 pub const DEFAULT_LOG_GROUP: u16 = 6786;
 /// Prefix of every log line; the namespace follows.
 pub const LOG_PREFIX: &str = "weft-policy drop";
+/// The node bridge pods are attached to (`weft_fastpath::DEFAULT_BRIDGE`).
+pub const DEFAULT_BRIDGE: &str = "weft";
 
 /// How blocked connections are logged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,31 +70,96 @@ impl Default for LogSettings {
     }
 }
 
-/// One element of a concatenated `addr . l4proto . dport` interval set (inclusive ranges).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Elem<A> {
-    pub addr: (A, A),
-    pub proto: Protocol,
-    pub ports: (u16, u16),
+/// `(protocol, first, last)` port ranges, sorted and disjoint.
+pub type PortRanges = Vec<(Protocol, u16, u16)>;
+
+/// A rule of a group chain that looks in shared sets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Via {
+    /// The peer is in the shared peer set `set` and, when `ports` names a static port set,
+    /// the protocol and destination port are in it; `None` admits every port and protocol.
+    Peers { set: String, ports: Option<String> },
+    /// Egress to a named port: the destination (in the set `peers` when given: a shared peer
+    /// set, or a static address set of the rule's ipBlocks) has a container port of that name
+    /// with the packet's protocol and destination port, as listed in the shared named-port
+    /// set `ports`.
+    NamedPort {
+        peers: Option<String>,
+        ports: String,
+    },
 }
 
-/// A group chain and its sets.
+/// A group chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
     pub namespace: String,
     pub direction: Direction,
-    /// Addresses admitted on every port and protocol.
-    pub any4: Vec<(u32, u32)>,
-    pub any6: Vec<(u128, u128)>,
-    /// (address, protocol, port) admitted, disjoint.
-    pub ported4: Vec<Elem<u32>>,
-    pub ported6: Vec<Elem<u128>>,
+    /// Static address set admitted on every port and protocol (ipBlocks and rules without
+    /// peers, in rules without ports), if any.
+    pub any: Option<String>,
+    /// Static rectangle set admitted on some ports (the same, in rules with ports), if any.
+    pub ported: Option<String>,
+    /// Lookups in shared sets, in chain order.
+    pub vias: Vec<Via>,
     /// Local pods in the group.
     pub pods: Vec<String>,
 }
 
+/// A static set of address ranges (inclusive, sorted, disjoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ranges {
+    pub v4: Vec<(u32, u32)>,
+    pub v6: Vec<(u128, u128)>,
+}
+
+/// A static set of disjoint (address range, protocol, port range) rectangles.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Rects {
+    pub v4: Vec<Elem<u32>>,
+    pub v6: Vec<Elem<u128>>,
+}
+
+/// A shared set of pod addresses: the pods selected by one list of pod-selector peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSet {
+    /// The peer definitions (see [`crate::compile::PeerSet::key`]).
+    pub key: String,
+    /// Single addresses, sorted.
+    pub v4: Vec<u32>,
+    pub v6: Vec<u128>,
+}
+
+/// A shared set of every pod address with a container port of one name and protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet {
+    pub name: String,
+    pub protocol: Protocol,
+    /// (address, port number), sorted.
+    pub v4: Vec<(u32, u16)>,
+    pub v6: Vec<(u128, u16)>,
+}
+
+impl Ranges {
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => in_ranges(&self.v4, u32::from(a)),
+            IpAddr::V6(a) => in_ranges(&self.v6, u128::from(a)),
+        }
+    }
+}
+
+impl Rects {
+    pub fn admits(&self, a: IpAddr, proto: Protocol, port: u16) -> bool {
+        match a {
+            IpAddr::V4(a) => in_elems(&self.v4, u32::from(a), proto, port),
+            IpAddr::V6(a) => in_elems(&self.v6, u128::from(a), proto, port),
+        }
+    }
+}
+
 fn in_ranges<T: Copy + Ord>(v: &[(T, T)], x: T) -> bool {
-    v.iter().any(|r| r.0 <= x && x <= r.1)
+    let i = v.partition_point(|r| r.1 < x);
+    i < v.len() && v[i].0 <= x
 }
 
 fn in_elems<T: Copy + Ord>(v: &[Elem<T>], x: T, proto: Protocol, port: u16) -> bool {
@@ -87,22 +169,40 @@ fn in_elems<T: Copy + Ord>(v: &[Elem<T>], x: T, proto: Protocol, port: u16) -> b
 }
 
 impl Group {
-    /// Whether this group's sets admit the peer address on (`proto`, `port`).
-    pub fn matches(&self, peer: IpAddr, proto: Protocol, port: u16) -> bool {
-        match peer {
-            IpAddr::V4(a) => {
-                let a = u32::from(a);
-                in_ranges(&self.any4, a) || in_elems(&self.ported4, a, proto, port)
-            }
-            IpAddr::V6(a) => {
-                let a = u128::from(a);
-                in_ranges(&self.any6, a) || in_elems(&self.ported6, a, proto, port)
-            }
+    /// Set lookups the chain makes, per address family, for a first packet that matches
+    /// none of its rules (the most it ever makes): one per static set, and per via one for
+    /// the peer set plus one for its port set or named-port set.
+    pub fn lookups(&self) -> usize {
+        usize::from(self.any.is_some())
+            + usize::from(self.ported.is_some())
+            + self
+                .vias
+                .iter()
+                .map(|v| match v {
+                    Via::Peers { ports, .. } => 1 + usize::from(ports.is_some()),
+                    Via::NamedPort { peers, .. } => 1 + usize::from(peers.is_some()),
+                })
+                .sum::<usize>()
+    }
+}
+
+impl PeerSet {
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => self.v4.binary_search(&u32::from(a)).is_ok(),
+            IpAddr::V6(a) => self.v6.binary_search(&u128::from(a)).is_ok(),
         }
     }
+}
 
-    pub fn elements(&self) -> usize {
-        self.any4.len() + self.any6.len() + self.ported4.len() + self.ported6.len()
+impl PortSet {
+    /// Whether `a` has this named port as (`proto`, `port`).
+    pub fn admits(&self, a: IpAddr, proto: Protocol, port: u16) -> bool {
+        proto == self.protocol
+            && match a {
+                IpAddr::V4(a) => self.v4.binary_search(&(u32::from(a), port)).is_ok(),
+                IpAddr::V6(a) => self.v6.binary_search(&(u128::from(a), port)).is_ok(),
+            }
     }
 }
 
@@ -112,24 +212,28 @@ impl Group {
 pub struct Ruleset {
     pub table: String,
     pub log: LogSettings,
-    /// Whether the IPv6 maps, sets and rules exist.
+    /// Whether the IPv6 maps, sets and rules exist (this node has IPv6 pod addresses).
     pub ipv6: bool,
     /// Group chains by name.
     pub groups: BTreeMap<String, Group>,
     /// Local isolated pod address → group, per direction.
     pub ingress: BTreeMap<IpAddr, String>,
     pub egress: BTreeMap<IpAddr, String>,
+    /// Shared peer sets by name (without the family suffix).
+    pub peer_sets: BTreeMap<String, PeerSet>,
+    /// Shared named-port sets by name (without the family suffix).
+    pub port_sets: BTreeMap<String, PortSet>,
+    /// Static address-range sets by name (without the family suffix).
+    pub ranges: BTreeMap<String, Ranges>,
+    /// Static rectangle sets by name (without the family suffix).
+    pub rects: BTreeMap<String, Rects>,
+    /// Static port sets (`inet_proto . inet_service`) by name.
+    pub services: BTreeMap<String, PortRanges>,
+    /// The pods' bridge, for the IPv6 guard (see [`Ruleset::ipv6_guard`]); `None`: no guard.
+    pub bridge: Option<String>,
 }
 
-/// What a [`Ruleset::diff`] contains.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Diff {
-    pub script: String,
-    pub added: usize,
-    pub deleted: usize,
-}
-
-fn fnv64(s: &str) -> u64 {
+pub(crate) fn fnv64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in s.bytes() {
         h ^= u64::from(b);
@@ -138,7 +242,19 @@ fn fnv64(s: &str) -> u64 {
     h
 }
 
-fn group_key(c: &Compiled, pod: &Pod, d: Direction, refs: &[crate::compile::RuleRef]) -> String {
+/// `<tag>-<12 hex digits of the key's hash>`, bumped past names `taken` by other keys.
+fn hashed_name(tag: char, key: &str, taken: impl Fn(&str) -> bool) -> String {
+    let mut h = fnv64(key);
+    loop {
+        let name = format!("{tag}-{:012x}", h >> 16);
+        if !taken(&name) {
+            return name;
+        }
+        h = h.wrapping_add(1 << 16);
+    }
+}
+
+fn group_key(c: &Compiled, pod: &Pod, d: Direction, refs: &[RuleRef]) -> String {
     let mut key = format!("{}|{}", d.as_str(), pod.namespace);
     let mut names = BTreeSet::new();
     for r in refs {
@@ -161,150 +277,259 @@ fn group_key(c: &Compiled, pod: &Pod, d: Direction, refs: &[crate::compile::Rule
     key
 }
 
-struct Rects {
-    any: Vec<AddrSet>,
-    ported: Vec<(AddrSet, Protocol, (u16, u16))>,
-    singles: Vec<(IpAddr, Protocol, u16)>,
+/// Builds a [`Ruleset`]: names and fills the shared sets as groups ask for them.
+struct Builder<'a> {
+    c: &'a Compiled,
+    ipv6: bool,
+    peer_names: HashMap<u32, String>,
+    peer_sets: BTreeMap<String, PeerSet>,
+    port_names: HashMap<(Protocol, String), String>,
+    port_sets: BTreeMap<String, PortSet>,
+    ranges: BTreeMap<String, Ranges>,
+    rects: BTreeMap<String, Rects>,
+    services: BTreeMap<String, PortRanges>,
 }
 
-fn collect(c: &Compiled, pod: &Pod, d: Direction, refs: &[crate::compile::RuleRef]) -> Rects {
-    let mut r = Rects {
-        any: Vec::new(),
-        ported: Vec::new(),
-        singles: Vec::new(),
-    };
-    let everything = AddrSet::everything();
-    for rr in refs {
-        let CompiledRule { peers, ports } = c.rule(*rr, d);
-        let peers: &AddrSet = peers.as_deref().unwrap_or(&everything);
-        match ports {
-            Ports::Any => r.any.push(peers.clone()),
-            Ports::List(list) => {
-                for pr in list {
-                    match &pr.port {
-                        PortSpec::All => r.ported.push((peers.clone(), pr.protocol, (0, u16::MAX))),
-                        PortSpec::Range(a, b) => {
-                            r.ported.push((peers.clone(), pr.protocol, (*a, *b)))
+/// Names a static set by a hash of its contents; equal contents share one set.
+fn static_set<T: PartialEq + std::fmt::Debug>(
+    sets: &mut BTreeMap<String, T>,
+    tag: char,
+    value: T,
+) -> String {
+    let key = format!("{value:?}");
+    let name = hashed_name(tag, &key, |n| sets.get(n).is_some_and(|v| *v != value));
+    sets.entry(name.clone()).or_insert(value);
+    name
+}
+
+/// What one group's rules say, before it becomes a [`Group`].
+#[derive(Default)]
+struct Terms<'a> {
+    any: Vec<&'a AddrSet>,
+    ported: Vec<(&'a AddrSet, Protocol, (u16, u16))>,
+    /// Shared peer set → its ports (`None`: every port).
+    peers: BTreeMap<u32, Option<PortRanges>>,
+    /// Egress named ports: (every address, a shared peer set, or a rule's ipBlocks;
+    /// protocol, port name).
+    named: Vec<(NamedPeers<'a>, Protocol, &'a str)>,
+}
+
+enum NamedPeers<'a> {
+    Any,
+    Pods(u32),
+    Blocks(&'a AddrSet),
+}
+
+impl<'a> Builder<'a> {
+    fn peer_set(&mut self, id: u32) -> String {
+        if let Some(n) = self.peer_names.get(&id) {
+            return n.clone();
+        }
+        let def = &self.c.peer_sets()[id as usize];
+        let name = hashed_name('s', &def.key, |n| self.peer_sets.contains_key(n));
+        let expand4 = def
+            .addrs
+            .raw_v4()
+            .iter()
+            .flat_map(|&(a, b)| a..=b)
+            .collect();
+        let expand6 = if self.ipv6 {
+            def.addrs
+                .raw_v6()
+                .iter()
+                .flat_map(|&(a, b)| a..=b)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.peer_sets.insert(
+            name.clone(),
+            PeerSet {
+                key: def.key.clone(),
+                v4: expand4,
+                v6: expand6,
+            },
+        );
+        self.peer_names.insert(id, name.clone());
+        name
+    }
+
+    fn port_set(&mut self, proto: Protocol, port_name: &str) -> String {
+        let key = (proto, port_name.to_string());
+        if let Some(n) = self.port_names.get(&key) {
+            return n.clone();
+        }
+        let name = hashed_name('n', &format!("{proto}/{port_name}"), |n| {
+            self.port_sets.contains_key(n)
+        });
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (ip, np) in self.c.named_port_targets(port_name) {
+            if np.protocol != proto {
+                continue;
+            }
+            match ip {
+                IpAddr::V4(a) => v4.push((u32::from(*a), np.port)),
+                IpAddr::V6(a) if self.ipv6 => v6.push((u128::from(*a), np.port)),
+                IpAddr::V6(_) => {}
+            }
+        }
+        v4.sort_unstable();
+        v6.sort_unstable();
+        self.port_sets.insert(
+            name.clone(),
+            PortSet {
+                name: port_name.to_string(),
+                protocol: proto,
+                v4,
+                v6,
+            },
+        );
+        self.port_names.insert(key, name.clone());
+        name
+    }
+
+    /// The static address set of `set` (IPv6 part only on an IPv6 node); `None` if empty.
+    fn range_set(&mut self, set: &AddrSet) -> Option<String> {
+        let r = Ranges {
+            v4: set.raw_v4().to_vec(),
+            v6: if self.ipv6 {
+                set.raw_v6().to_vec()
+            } else {
+                Vec::new()
+            },
+        };
+        if r.v4.is_empty() && r.v6.is_empty() {
+            return None;
+        }
+        Some(static_set(&mut self.ranges, 'a', r))
+    }
+
+    fn terms<'t>(&self, pod: &'t Pod, d: Direction, refs: &[RuleRef], all: &'t AddrSet) -> Terms<'t>
+    where
+        'a: 't,
+    {
+        let c = self.c;
+        let mut t = Terms::default();
+        for rr in refs {
+            let rule = c.rule(*rr, d);
+            // Addresses the static sets cover: every address for a rule without peers, else
+            // the rule's ipBlocks. Pod-selector peers go through a shared peer set.
+            let own: Option<&AddrSet> = match &rule.peers {
+                None => Some(all),
+                Some(_) => rule.blocks.as_deref(),
+            };
+            let shared = rule.pod_peers;
+            let list = match &rule.ports {
+                Ports::Any => {
+                    t.any.extend(own);
+                    if let Some(id) = shared {
+                        // Every port: absorbs any list collected for this set.
+                        t.peers.insert(id, None);
+                    }
+                    continue;
+                }
+                Ports::List(list) => list,
+            };
+            for pr in list {
+                let range = match &pr.port {
+                    PortSpec::All => Some((0, u16::MAX)),
+                    PortSpec::Range(a, b) => Some((*a, *b)),
+                    PortSpec::Named(n) if d == Direction::Ingress => pod
+                        .named_ports
+                        .get(n)
+                        .filter(|np| np.protocol == pr.protocol)
+                        .map(|np| (np.port, np.port)),
+                    PortSpec::Named(n) => {
+                        let n = n.as_str();
+                        if rule.peers.is_none() {
+                            t.named.push((NamedPeers::Any, pr.protocol, n));
                         }
-                        PortSpec::Named(n) if d == Direction::Ingress => {
-                            if let Some(np) = pod.named_ports.get(n) {
-                                if np.protocol == pr.protocol {
-                                    r.ported
-                                        .push((peers.clone(), np.protocol, (np.port, np.port)));
-                                }
-                            }
+                        if let Some(b) = rule.blocks.as_deref() {
+                            t.named.push((NamedPeers::Blocks(b), pr.protocol, n));
                         }
-                        PortSpec::Named(n) => {
-                            for (ip, np) in c.named_port_targets(n) {
-                                if np.protocol == pr.protocol && peers.contains(*ip) {
-                                    r.singles.push((*ip, np.protocol, np.port));
-                                }
-                            }
+                        if let Some(id) = shared {
+                            t.named.push((NamedPeers::Pods(id), pr.protocol, n));
                         }
+                        None
+                    }
+                };
+                let Some(range) = range else { continue };
+                if let Some(a) = own {
+                    t.ported.push((a, pr.protocol, range));
+                }
+                if let Some(id) = shared {
+                    // `None` (every port) absorbs any list.
+                    if let Some(v) = t.peers.entry(id).or_insert_with(|| Some(Vec::new())) {
+                        v.push((pr.protocol, range.0, range.1));
                     }
                 }
             }
         }
+        t
     }
-    r
-}
 
-/// An (address range, protocol, port range) rectangle, possibly overlapping others.
-type Rect<T> = ((T, T), Protocol, (u16, u16));
-
-/// Disjoint (address range, protocol, port range) elements covering the union of `rects`.
-fn disjoint<T: Copy + Ord + Bound>(rects: Vec<Rect<T>>) -> Vec<Elem<T>> {
-    let mut out = Vec::new();
-    for proto in Protocol::ALL {
-        let rs: Vec<_> = rects.iter().filter(|r| r.1 == proto).collect();
-        if rs.is_empty() {
-            continue;
-        }
-        let mut points: Vec<T> = Vec::with_capacity(rs.len() * 2);
-        for r in &rs {
-            points.push(r.0 .0);
-            if r.0 .1 != T::MAX {
-                points.push(r.0 .1.succ());
+    fn group(&mut self, pod: &Pod, d: Direction, refs: &[RuleRef], all: &AddrSet) -> Group {
+        let t = self.terms(pod, d, refs, all);
+        let any = AddrSet::union_all(t.any.iter().copied());
+        let any = self.range_set(&any);
+        let (mut p4, mut p6) = (Vec::new(), Vec::new());
+        for (set, proto, ports) in &t.ported {
+            p4.extend(set.raw_v4().iter().map(|&a| (a, *proto, *ports)));
+            if self.ipv6 {
+                p6.extend(set.raw_v6().iter().map(|&a| (a, *proto, *ports)));
             }
         }
-        points.sort_unstable();
-        points.dedup();
-        let mut cover: Vec<Vec<(u16, u16)>> = vec![Vec::new(); points.len()];
-        for r in &rs {
-            let first = points.partition_point(|p| *p < r.0 .0);
-            let mut i = first;
-            while i < points.len() && points[i] <= r.0 .1 {
-                cover[i].push(r.2);
-                i += 1;
-            }
-        }
-        let cover: Vec<Vec<(u16, u16)>> = cover
-            .into_iter()
-            .map(|v| {
-                let v: Vec<(u32, u32)> = v
-                    .into_iter()
-                    .map(|(a, b)| (u32::from(a), u32::from(b)))
-                    .collect();
-                normalize_ranges(v)
-                    .into_iter()
-                    .map(|(a, b)| (a as u16, b as u16))
-                    .collect()
-            })
-            .collect();
-        let end_of = |i: usize| {
-            if i + 1 < points.len() {
-                points[i + 1].pred()
-            } else {
-                T::MAX
-            }
+        let rects = Rects {
+            v4: disjoint(p4),
+            v6: disjoint(p6),
         };
-        let mut i = 0;
-        while i < points.len() {
-            if cover[i].is_empty() {
-                i += 1;
-                continue;
-            }
-            let mut j = i;
-            while j + 1 < points.len() && cover[j + 1] == cover[i] {
-                j += 1;
-            }
-            for &ports in &cover[i] {
-                out.push(Elem {
-                    addr: (points[i], end_of(j)),
-                    proto,
-                    ports,
-                });
-            }
-            i = j + 1;
+        let ported = if rects.v4.is_empty() && rects.v6.is_empty() {
+            None
+        } else {
+            Some(static_set(&mut self.rects, 'p', rects))
+        };
+        let mut vias = Vec::new();
+        for (id, ports) in t.peers {
+            let ports = ports.map(|p| static_set(&mut self.services, 'q', merge_ports(p)));
+            vias.push(Via::Peers {
+                set: self.peer_set(id),
+                ports,
+            });
+        }
+        for (peers, proto, name) in t.named {
+            let peers = match peers {
+                NamedPeers::Any => None,
+                NamedPeers::Pods(id) => Some(self.peer_set(id)),
+                // Blocks without an address of this node's families match nothing.
+                NamedPeers::Blocks(b) => match self.range_set(b) {
+                    Some(n) => Some(n),
+                    None => continue,
+                },
+            };
+            vias.push(Via::NamedPort {
+                peers,
+                ports: self.port_set(proto, name),
+            });
+        }
+        vias.sort();
+        vias.dedup();
+        Group {
+            namespace: pod.namespace.clone(),
+            direction: d,
+            any,
+            ported,
+            vias,
+            pods: Vec::new(),
         }
     }
-    out.sort_unstable();
-    out
-}
 
-fn build_group(c: &Compiled, pod: &Pod, d: Direction, refs: &[crate::compile::RuleRef]) -> Group {
-    let r = collect(c, pod, d, refs);
-    let any = AddrSet::union_all(r.any.iter());
-    let mut p4 = Vec::new();
-    let mut p6 = Vec::new();
-    for (set, proto, ports) in &r.ported {
-        p4.extend(set.raw_v4().iter().map(|&a| (a, *proto, *ports)));
-        p6.extend(set.raw_v6().iter().map(|&a| (a, *proto, *ports)));
-    }
-    for (ip, proto, port) in &r.singles {
-        match ip {
-            IpAddr::V4(a) => p4.push(((u32::from(*a), u32::from(*a)), *proto, (*port, *port))),
-            IpAddr::V6(a) => p6.push(((u128::from(*a), u128::from(*a)), *proto, (*port, *port))),
-        }
-    }
-    Group {
-        namespace: pod.namespace.clone(),
-        direction: d,
-        any4: any.raw_v4().to_vec(),
-        any6: any.raw_v6().to_vec(),
-        ported4: disjoint(p4),
-        ported6: disjoint(p6),
-        pods: Vec::new(),
+    /// Whether a group's static `any` set admits every address (of this node's families).
+    fn admits_all(&self, g: &Group) -> bool {
+        g.any.as_ref().is_some_and(|n| {
+            let r = &self.ranges[n];
+            r.v4.first() == Some(&(0, u32::MAX))
+                && (!self.ipv6 || r.v6.first() == Some(&(0, u128::MAX)))
+        })
     }
 }
 
@@ -312,16 +537,28 @@ impl Ruleset {
     /// The ruleset for the pods owning `local` addresses (this node's pods, from its CNI
     /// records). Addresses the compiled policy does not know are left alone (not isolated).
     pub fn build(c: &Compiled, local: &[IpAddr], log: &LogSettings) -> Ruleset {
-        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-        let mut names: BTreeMap<String, String> = BTreeMap::new(); // key -> name
-        let mut maps: [BTreeMap<IpAddr, String>; 2] = [BTreeMap::new(), BTreeMap::new()];
-        let mut ipv6 = false;
         let mut local_pods: BTreeMap<usize, Vec<IpAddr>> = BTreeMap::new();
         for ip in local {
             if let Some(p) = c.pod_by_ip(*ip) {
                 local_pods.entry(p).or_default().push(*ip);
             }
         }
+        let ipv6 = local_pods.values().flatten().any(IpAddr::is_ipv6);
+        let mut b = Builder {
+            c,
+            ipv6,
+            peer_names: HashMap::new(),
+            peer_sets: BTreeMap::new(),
+            port_names: HashMap::new(),
+            port_sets: BTreeMap::new(),
+            ranges: BTreeMap::new(),
+            rects: BTreeMap::new(),
+            services: BTreeMap::new(),
+        };
+        let all = AddrSet::everything();
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        let mut names: HashMap<String, Option<String>> = HashMap::new(); // key -> name
+        let mut maps: [BTreeMap<IpAddr, String>; 2] = [BTreeMap::new(), BTreeMap::new()];
         for (&pi, ips) in &local_pods {
             let pod = &c.pods()[pi];
             for (k, d) in [Direction::Ingress, Direction::Egress]
@@ -335,38 +572,46 @@ impl Ruleset {
                 let name = match names.get(&key) {
                     Some(n) => n.clone(),
                     None => {
-                        let tag = if d == Direction::Ingress { 'i' } else { 'e' };
-                        let mut h = fnv64(&key);
-                        let mut name = format!("{tag}-{:012x}", h >> 16);
-                        while groups.contains_key(&name) {
-                            h = h.wrapping_add(1);
-                            name = format!("{tag}-{:012x}", h >> 16);
-                        }
-                        let g = build_group(c, pod, d, refs);
-                        if g.any4.first() == Some(&(0, u32::MAX))
-                            && g.any6.first() == Some(&(0, u128::MAX))
-                        {
+                        let g = b.group(pod, d, refs, &all);
+                        let name = if b.admits_all(&g) {
                             // Admits everything: the pod is not restricted in this direction.
-                            names.insert(key, String::new());
-                            continue;
-                        }
+                            None
+                        } else {
+                            let tag = if d == Direction::Ingress { 'i' } else { 'e' };
+                            let name = hashed_name(tag, &key, |n| groups.contains_key(n));
+                            groups.insert(name.clone(), g);
+                            Some(name)
+                        };
                         names.insert(key, name.clone());
-                        groups.insert(name.clone(), g);
                         name
                     }
                 };
-                if name.is_empty() {
-                    continue;
-                }
+                let Some(name) = name else { continue };
                 let g = groups.get_mut(&name).expect("group exists");
                 g.pods.push(pod.key());
-                ipv6 |= !g.any6.is_empty() || !g.ported6.is_empty();
                 for ip in ips {
-                    ipv6 |= ip.is_ipv6();
                     maps[k].insert(*ip, name.clone());
                 }
             }
         }
+        // Sets no group uses are not rendered (groups left out above may have asked for some).
+        let mut used: BTreeSet<&String> = BTreeSet::new();
+        for g in groups.values() {
+            used.extend(g.any.iter().chain(&g.ported));
+            for v in &g.vias {
+                match v {
+                    Via::Peers { set, ports } => used.extend(std::iter::once(set).chain(ports)),
+                    Via::NamedPort { peers, ports } => {
+                        used.extend(peers.iter().chain(std::iter::once(ports)))
+                    }
+                }
+            }
+        }
+        b.peer_sets.retain(|n, _| used.contains(n));
+        b.port_sets.retain(|n, _| used.contains(n));
+        b.ranges.retain(|n, _| used.contains(n));
+        b.rects.retain(|n, _| used.contains(n));
+        b.services.retain(|n, _| used.contains(n));
         let [ingress, egress] = maps;
         Ruleset {
             table: TABLE.into(),
@@ -375,23 +620,107 @@ impl Ruleset {
             groups,
             ingress,
             egress,
+            peer_sets: b.peer_sets,
+            port_sets: b.port_sets,
+            ranges: b.ranges,
+            rects: b.rects,
+            services: b.services,
+            bridge: Some(DEFAULT_BRIDGE.into()),
         }
+    }
+
+    /// The same ruleset for pods on another bridge (`None`: no IPv6 guard).
+    pub fn with_bridge(mut self, bridge: Option<&str>) -> Self {
+        self.bridge = bridge.map(str::to_string);
+        self
+    }
+
+    /// Whether the forward chain guards isolated pods against IPv6 they have no rules for:
+    /// only when this node has isolated pods. The rules match pod addresses, and a pod has
+    /// IPv6 link-local addresses the cluster never hears of. So on a node without IPv6 pod
+    /// addresses (weft's pod network is IPv4) all IPv6 to or from the bridge is dropped, and
+    /// on a node with IPv6 pods, link-local IPv6 across the bridge except neighbour discovery.
+    pub fn ipv6_guard(&self) -> bool {
+        self.bridge.is_some() && !(self.ingress.is_empty() && self.egress.is_empty())
+    }
+
+    /// Whether the chain of group `name` lets a first packet through with `peer` as the other
+    /// end (the source for ingress, the destination for egress): the kernel's lookups, on
+    /// this data.
+    pub fn group_admits(&self, name: &str, peer: IpAddr, proto: Protocol, port: u16) -> bool {
+        let g = &self.groups[name];
+        let in_set = |n: &String| match self.peer_sets.get(n) {
+            Some(s) => s.contains(peer),
+            None => self.ranges[n].contains(peer),
+        };
+        g.any
+            .as_ref()
+            .is_some_and(|n| self.ranges[n].contains(peer))
+            || g.ported
+                .as_ref()
+                .is_some_and(|n| self.rects[n].admits(peer, proto, port))
+            || g.vias.iter().any(|v| match v {
+                Via::Peers { set, ports } => {
+                    in_set(set)
+                        && ports.as_ref().is_none_or(|n| {
+                            self.services[n]
+                                .iter()
+                                .any(|&(p, a, b)| p == proto && a <= port && port <= b)
+                        })
+                }
+                Via::NamedPort { peers, ports } => {
+                    peers.as_ref().is_none_or(in_set)
+                        && self.port_sets[ports].admits(peer, proto, port)
+                }
+            })
     }
 
     /// What the table does with the first packet of a connection from `src` to `dst`
     /// (forwarded through this node): the same lookups the kernel makes, on this data. Used
     /// by the tests to check rendering against the compiled policy.
     pub fn admits(&self, src: IpAddr, dst: IpAddr, proto: Protocol, port: u16) -> bool {
-        let ok = |g: &String, peer: IpAddr| self.groups[g].matches(peer, proto, port);
-        self.egress.get(&src).is_none_or(|g| ok(g, dst))
-            && self.ingress.get(&dst).is_none_or(|g| ok(g, src))
+        let link_local = |a: IpAddr| matches!(a, IpAddr::V6(a) if a.is_unicast_link_local());
+        if src.is_ipv6() && self.ipv6_guard() && (!self.ipv6 || link_local(src) || link_local(dst))
+        {
+            return false;
+        }
+        if src.is_ipv6() && !self.ipv6 {
+            return true; // no IPv6 rules
+        }
+        self.egress
+            .get(&src)
+            .is_none_or(|g| self.group_admits(g, dst, proto, port))
+            && self
+                .ingress
+                .get(&dst)
+                .is_none_or(|g| self.group_admits(g, src, proto, port))
     }
 
     /// Number of set and map elements.
     pub fn elements(&self) -> usize {
         self.ingress.len()
             + self.egress.len()
-            + self.groups.values().map(Group::elements).sum::<usize>()
+            + self
+                .peer_sets
+                .values()
+                .map(|s| s.v4.len() + s.v6.len())
+                .sum::<usize>()
+            + self
+                .port_sets
+                .values()
+                .map(|s| s.v4.len() + s.v6.len())
+                .sum::<usize>()
+            + self
+                .ranges
+                .values()
+                .map(|s| s.v4.len() + s.v6.len())
+                .sum::<usize>()
+            + self
+                .rects
+                .values()
+                .map(|s| s.v4.len() + s.v6.len())
+                .sum::<usize>()
+            + self.services.values().map(Vec::len).sum::<usize>()
     }
 
     /// The named counters: (direction, namespace) → counter name.
@@ -406,150 +735,6 @@ impl Ruleset {
             })
             .collect()
     }
-
-    fn structure(
-        &self,
-    ) -> (
-        String,
-        &LogSettings,
-        bool,
-        Vec<(&String, &String, Direction)>,
-    ) {
-        (
-            self.table.clone(),
-            &self.log,
-            self.ipv6,
-            self.groups
-                .iter()
-                .map(|(n, g)| (n, &g.namespace, g.direction))
-                .collect(),
-        )
-    }
-
-    /// The set/map contents as (set name, element text) pairs.
-    fn contents(&self) -> BTreeSet<(String, String)> {
-        let mut out = BTreeSet::new();
-        for (map, entries) in [("ingress", &self.ingress), ("egress", &self.egress)] {
-            for (ip, g) in entries {
-                let fam = if ip.is_ipv4() { "4" } else { "6" };
-                out.insert((format!("{map}{fam}"), format!("{ip} : jump {g}")));
-            }
-        }
-        for (name, g) in &self.groups {
-            for e in g.any4.iter().map(|r| range4(*r)) {
-                out.insert((format!("{name}-a4"), e));
-            }
-            for e in g.any6.iter().map(|r| range6(*r)) {
-                out.insert((format!("{name}-a6"), e));
-            }
-            for e in &g.ported4 {
-                out.insert((format!("{name}-p4"), elem(range4(e.addr), e)));
-            }
-            for e in &g.ported6 {
-                out.insert((format!("{name}-p6"), elem(range6(e.addr), e)));
-            }
-        }
-        out
-    }
-
-    /// The whole table as one nft script: create-if-missing, delete, re-create with every
-    /// element, in one transaction.
-    pub fn to_nft(&self) -> String {
-        let t = &self.table;
-        let mut s = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
-        for ((d, ns), name) in self.counters() {
-            let _ = writeln!(s, "\tcounter {name} {{ comment \"{} {ns}\"; }}", d.as_str());
-        }
-        let fams: &[&str] = if self.ipv6 { &["4", "6"] } else { &["4"] };
-        for f in fams {
-            let addr = if *f == "4" { "ipv4_addr" } else { "ipv6_addr" };
-            for map in ["ingress", "egress"] {
-                let _ = writeln!(s, "\tmap {map}{f} {{ type {addr} : verdict; }}");
-            }
-            for name in self.groups.keys() {
-                let _ = writeln!(s, "\tset {name}-a{f} {{ type {addr}; flags interval; }}");
-                let _ = writeln!(
-                    s,
-                    "\tset {name}-p{f} {{ type {addr} . inet_proto . inet_service; flags interval; }}"
-                );
-            }
-        }
-        for (name, g) in &self.groups {
-            let (field, verdict) = match g.direction {
-                Direction::Ingress => ("saddr", "accept"),
-                Direction::Egress => ("daddr", "return"),
-            };
-            let _ = writeln!(s, "\tchain {name} {{");
-            for f in fams {
-                let ip = if *f == "4" { "ip" } else { "ip6" };
-                let _ = writeln!(
-                    s,
-                    "\t\t{ip} {field} . meta l4proto . th dport @{name}-p{f} {verdict}"
-                );
-                let _ = writeln!(s, "\t\t{ip} {field} @{name}-a{f} {verdict}");
-            }
-            let _ = writeln!(
-                s,
-                "\t\tlimit rate {}/second burst {} packets log prefix \"{LOG_PREFIX} {} {}: \" group {}",
-                self.log.rate_per_second,
-                self.log.burst,
-                g.direction.as_str(),
-                g.namespace,
-                self.log.group
-            );
-            let _ = writeln!(
-                s,
-                "\t\tcounter name \"{}\" drop",
-                counter_name(g.direction, &g.namespace)
-            );
-            let _ = writeln!(s, "\t}}");
-        }
-        let _ = writeln!(
-            s,
-            "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tct state established,related accept"
-        );
-        for f in fams {
-            let ip = if *f == "4" { "ip" } else { "ip6" };
-            let _ = writeln!(s, "\t\t{ip} saddr vmap @egress{f}");
-        }
-        for f in fams {
-            let ip = if *f == "4" { "ip" } else { "ip6" };
-            let _ = writeln!(s, "\t\t{ip} daddr vmap @ingress{f}");
-        }
-        s.push_str("\t}\n}\n");
-        let contents = self.contents();
-        write_elements(&mut s, "add", t, contents.iter());
-        s
-    }
-
-    /// The change from `old` to `self` as element deletions and additions in one script, or
-    /// `None` when the table's structure (groups, families, logging) differs and the whole
-    /// table must be replaced.
-    pub fn diff(&self, old: &Ruleset) -> Option<Diff> {
-        if self.structure() != old.structure() {
-            return None;
-        }
-        let new = self.contents();
-        let was = old.contents();
-        let mut s = String::new();
-        let del: Vec<_> = was.difference(&new).collect();
-        let add: Vec<_> = new.difference(&was).collect();
-        // Map entries are deleted by key.
-        let del_keys: Vec<(String, String)> = del
-            .iter()
-            .map(|(set, e)| match e.split_once(" : ") {
-                Some((k, _)) => (set.clone(), k.to_string()),
-                None => (set.clone(), e.clone()),
-            })
-            .collect();
-        write_elements(&mut s, "delete", &self.table, del_keys.iter());
-        write_elements(&mut s, "add", &self.table, add.iter().copied());
-        Some(Diff {
-            script: s,
-            added: add.len(),
-            deleted: del.len(),
-        })
-    }
 }
 
 /// Named counter of blocked packets for a (direction, namespace).
@@ -559,56 +744,6 @@ pub fn counter_name(d: Direction, ns: &str) -> String {
         Direction::Egress => "eg",
     };
     format!("drop-{tag}-{ns}")
-}
-
-fn write_elements<'a>(
-    s: &mut String,
-    verb: &str,
-    table: &str,
-    items: impl Iterator<Item = &'a (String, String)>,
-) {
-    let mut by_set: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (set, e) in items {
-        by_set.entry(set).or_default().push(e);
-    }
-    for (set, elems) in by_set {
-        for chunk in elems.chunks(4096) {
-            let _ = writeln!(
-                s,
-                "{verb} element inet {table} {set} {{ {} }}",
-                chunk.join(", ")
-            );
-        }
-    }
-}
-
-fn range4((a, b): (u32, u32)) -> String {
-    if a == b {
-        Ipv4Addr::from(a).to_string()
-    } else {
-        format!("{}-{}", Ipv4Addr::from(a), Ipv4Addr::from(b))
-    }
-}
-
-fn range6((a, b): (u128, u128)) -> String {
-    if a == b {
-        Ipv6Addr::from(a).to_string()
-    } else {
-        format!("{}-{}", Ipv6Addr::from(a), Ipv6Addr::from(b))
-    }
-}
-
-fn elem<A>(addr: String, e: &Elem<A>) -> String {
-    let proto = match e.proto {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    };
-    if e.ports.0 == e.ports.1 {
-        format!("{addr} . {proto} . {}", e.ports.0)
-    } else {
-        format!("{addr} . {proto} . {}-{}", e.ports.0, e.ports.1)
-    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,11 @@ pub struct PolicySummary {
 pub struct TableSummary {
     pub table: String,
     pub groups: usize,
+    /// Shared peer and named-port sets.
+    pub shared_sets: usize,
     pub elements: usize,
+    /// The most set lookups a group chain makes for one new connection (per direction).
+    pub max_chain_lookups: usize,
     pub isolated_ingress_addresses: usize,
     pub isolated_egress_addresses: usize,
 }
@@ -86,7 +90,9 @@ impl PolicyStatus {
             table: applied.map(|r| TableSummary {
                 table: r.table.clone(),
                 groups: r.groups.len(),
+                shared_sets: r.peer_sets.len() + r.port_sets.len(),
                 elements: r.elements(),
+                max_chain_lookups: r.groups.values().map(|g| g.lookups()).max().unwrap_or(0),
                 isolated_ingress_addresses: r.ingress.len(),
                 isolated_egress_addresses: r.egress.len(),
             }),

@@ -17,7 +17,26 @@ use serde_json::{json, Value};
 use weft_policy::render::{LogSettings, Ruleset};
 
 fn check(case: &str, policies: &[Value], expect: Option<Expect>, want_rejected: usize) {
-    let (c, rejected) = compile(policies);
+    check_in(
+        &pods_json(),
+        &namespaces_json(),
+        case,
+        policies,
+        expect,
+        want_rejected,
+    );
+}
+
+/// [`check`] with other Pod and Namespace objects (the endpoints stay those of `common`).
+fn check_in(
+    pods: &[Value],
+    namespaces: &[Value],
+    case: &str,
+    policies: &[Value],
+    expect: Option<Expect>,
+    want_rejected: usize,
+) {
+    let (c, rejected) = compile_with(policies, pods, namespaces);
     assert_eq!(rejected, want_rejected, "{case}: rejected policies");
     let eps = endpoints();
     let valid: Vec<Value> = policies
@@ -33,7 +52,7 @@ fn check(case: &str, policies: &[Value], expect: Option<Expect>, want_rejected: 
         for d in &eps {
             for (pr, port) in PROBES {
                 let got = c.allowed(ip(s), ip(d), proto(pr), port);
-                let naive = naive_allowed(&valid, s, d, pr, port);
+                let naive = naive_allowed_in(&valid, namespaces, s, d, pr, port);
                 let diag = s.pod.is_some() && s.label() == d.label();
                 let mut fail = None;
                 if got != naive {
@@ -55,7 +74,7 @@ fn check(case: &str, policies: &[Value], expect: Option<Expect>, want_rejected: 
                         d.label(),
                         serde_json::to_string_pretty(policies).unwrap(),
                         show(&eps, &|a, b, p, n| c.allowed(ip(a), ip(b), proto(p), n)),
-                        show(&eps, &|a, b, p, n| naive_allowed(&valid, a, b, p, n)),
+                        show(&eps, &|a, b, p, n| naive_allowed_in(&valid, namespaces, a, b, p, n)),
                     );
                 }
             }
@@ -67,6 +86,90 @@ fn check(case: &str, policies: &[Value], expect: Option<Expect>, want_rejected: 
 fn upstream_e2e_scenarios() {
     for (name, policies, expect) in scenarios() {
         check(name, &policies, Some(expect), 0);
+    }
+}
+
+/// Pods policies must not see: a host-network pod (its address is the node's, here the
+/// outside address), a finished pod whose released address now belongs to y/b (it sorts
+/// before y/b, so it would claim the address if it counted), and a pod without an address
+/// yet. Each carries labels the scenarios select. Every scenario's matrix must be unchanged.
+#[test]
+fn host_network_finished_and_addressless_pods_change_nothing() {
+    let mut pods = pods_json();
+    let obj = |name: &str, spec: Value, status: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "x", "labels": {"pod": "a", "tier": "web"}},
+               "spec": spec, "status": status})
+    };
+    let containers = json!([{"name": "c", "ports": [{"name": "web", "containerPort": 81}]}]);
+    pods.push(obj(
+        "h",
+        json!({"hostNetwork": true, "containers": containers}),
+        json!({"phase": "Running", "podIPs": [{"ip": EXTERNAL.to_string()}]}),
+    ));
+    pods.push(obj(
+        "done",
+        json!({"containers": containers}),
+        json!({"phase": "Failed", "podIPs": [{"ip": "10.0.2.2"}]}),
+    ));
+    pods.push(obj(
+        "new",
+        json!({"containers": containers}),
+        json!({"phase": "Pending"}),
+    ));
+    let (c, _) = compile_with(&[], &pods, &namespaces_json());
+    assert_eq!(
+        c.pods().len(),
+        10,
+        "the host-network and finished pods are left out"
+    );
+    for (name, policies, expect) in scenarios() {
+        check_in(&pods, &namespaces_json(), name, &policies, Some(expect), 0);
+    }
+}
+
+/// Namespaces without labels, with a wrong `kubernetes.io/metadata.name` (the API server
+/// overwrites it), and without a Namespace object at all.
+#[test]
+fn namespace_labels_default_to_the_name() {
+    let namespaces = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "y", "labels": {"kubernetes.io/metadata.name": "z", "ns": "y"}}}),
+    ];
+    let pods = pods_json();
+    let by_name = |v: &[&str]| json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": v}]});
+    let cases: Vec<(&str, Vec<Value>, Expect)> = vec![
+        (
+            "by name: a manifest cannot claim another namespace's name",
+            vec![policy(
+                "x",
+                "p",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": by_name(&["z"])}]}]}),
+            )],
+            |s, d, _, _| !d.in_ns("x") || s.in_ns("z"),
+        ),
+        (
+            "by name, namespace without an object",
+            vec![policy(
+                "z",
+                "p",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": by_name(&["z", "x"])}]}]}),
+            )],
+            |s, d, _, _| !d.in_ns("z") || s.in_ns("z") || s.in_ns("x"),
+        ),
+        (
+            "DoesNotExist on a label only y has",
+            vec![policy(
+                "y",
+                "p",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "DoesNotExist"}]}}]}]}),
+            )],
+            |s, d, _, _| !d.in_ns("y") || s.in_ns("x") || s.in_ns("z"),
+        ),
+    ];
+    for (name, policies, expect) in cases {
+        check_in(&pods, &namespaces, name, &policies, Some(expect), 0);
     }
 }
 
@@ -84,8 +187,23 @@ fn an_invalid_policy_does_not_disturb_the_others() {
             "broken2",
             json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
         ),
+        policy(
+            "z",
+            "port0",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 0}]}]}),
+        ),
+        policy(
+            "y",
+            "backwards",
+            json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 81, "endPort": 80}]}]}),
+        ),
+        policy(
+            "y",
+            "too-high",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 65536}]}]}),
+        ),
     ];
-    check("invalid", &policies, Some(|_, d, _, _| !d.in_ns("x")), 2);
+    check("invalid", &policies, Some(|_, d, _, _| !d.in_ns("x")), 5);
 }
 
 // ---------------------------------------------------------------------------------------

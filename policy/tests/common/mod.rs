@@ -137,17 +137,21 @@ pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
 /// The crate's side: JSON → model (through the crate's k8s conversion) → compiled.
 /// Returns the compiled policy and how many policies were rejected.
 pub fn compile(policies: &[Value]) -> (Compiled, usize) {
+    compile_with(policies, &pods_json(), &namespaces_json())
+}
+
+/// [`compile`] with other pods and namespaces (Pods the crate ignores, such as host-network
+/// or finished ones, are left out as the crate says).
+pub fn compile_with(policies: &[Value], pods: &[Value], namespaces: &[Value]) -> (Compiled, usize) {
     let mut cl = Cluster::default();
-    for n in namespaces_json() {
+    for n in namespaces {
         cl.namespaces
-            .push(k8s::namespace(&serde_json::from_value(n).unwrap()).unwrap());
+            .push(k8s::namespace(&serde_json::from_value(n.clone()).unwrap()).unwrap());
     }
-    for p in pods_json() {
-        cl.pods.push(
-            k8s::pod(&serde_json::from_value(p).unwrap())
-                .unwrap()
-                .unwrap(),
-        );
+    for p in pods {
+        if let Some(p) = k8s::pod(&serde_json::from_value(p.clone()).unwrap()).unwrap() {
+            cl.pods.push(p);
+        }
     }
     let mut rejected = 0;
     for p in policies {
@@ -166,11 +170,14 @@ pub fn proto(s: &str) -> Protocol {
 // ---------------------------------------------------------------------------------------
 // The naive interpreter. Straight from the API documentation, on raw JSON, no caching.
 
-fn ns_labels(ns: &str) -> Value {
-    let mut l = namespaces_json()
-        .into_iter()
+/// A namespace's labels: its object's (none if there is no object), and the API server
+/// always sets `kubernetes.io/metadata.name` to the name.
+fn ns_labels(namespaces: &[Value], ns: &str) -> Value {
+    let mut l = namespaces
+        .iter()
         .find(|n| n["metadata"]["name"] == ns)
-        .map(|n| n["metadata"]["labels"].clone())
+        .and_then(|n| n["metadata"].get("labels").cloned())
+        .filter(Value::is_object)
         .unwrap_or(json!({}));
     l["kubernetes.io/metadata.name"] = json!(ns);
     l
@@ -216,11 +223,14 @@ fn parse_v4_cidr(s: &str) -> (u32, u32) {
 }
 
 fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
+    if cidr.contains(':') {
+        return false; // an IPv6 block holds no IPv4 address
+    }
     let (net, mask) = parse_v4_cidr(cidr);
     u32::from(ip) & mask == net
 }
 
-fn peer_matches(peer: &Value, ep: &Ep, policy_ns: &str) -> bool {
+fn peer_matches(peer: &Value, ep: &Ep, policy_ns: &str, namespaces: &[Value]) -> bool {
     if let Some(b) = peer.get("ipBlock") {
         let c = b["cidr"].as_str().unwrap();
         let except: Vec<&str> = b["except"]
@@ -232,7 +242,7 @@ fn peer_matches(peer: &Value, ep: &Ep, policy_ns: &str) -> bool {
     let Some(pod) = &ep.pod else { return false };
     let ns = ep.ns.as_deref().unwrap();
     let ns_ok = match peer.get("namespaceSelector") {
-        Some(sel) => selector_matches(sel, &ns_labels(ns)),
+        Some(sel) => selector_matches(sel, &ns_labels(namespaces, ns)),
         None => ns == policy_ns,
     };
     let pod_ok = match peer.get("podSelector") {
@@ -292,19 +302,21 @@ fn applies(pol: &Value, ep: &Ep, dir: &str) -> bool {
     }
 }
 
-fn rule_admits(
-    rule: &Value,
-    peers_key: &str,
-    peer: &Ep,
-    dst: &Ep,
-    policy_ns: &str,
-    proto: &str,
+struct Probe<'a> {
+    namespaces: &'a [Value],
+    dst: &'a Ep,
+    proto: &'a str,
     port: u16,
-) -> bool {
+}
+
+fn rule_admits(rule: &Value, peers_key: &str, peer: &Ep, policy_ns: &str, q: &Probe) -> bool {
+    let (dst, proto, port) = (q.dst, q.proto, q.port);
     let peers_ok = match rule[peers_key].as_array() {
         None => true,
         Some(list) if list.is_empty() => true,
-        Some(list) => list.iter().any(|p| peer_matches(p, peer, policy_ns)),
+        Some(list) => list
+            .iter()
+            .any(|p| peer_matches(p, peer, policy_ns, q.namespaces)),
     };
     let ports_ok = match rule["ports"].as_array() {
         None => true,
@@ -314,15 +326,7 @@ fn rule_admits(
     peers_ok && ports_ok
 }
 
-fn side_allows(
-    policies: &[Value],
-    me: &Ep,
-    other: &Ep,
-    dst: &Ep,
-    dir: &str,
-    proto: &str,
-    port: u16,
-) -> bool {
+fn side_allows(policies: &[Value], me: &Ep, other: &Ep, dir: &str, q: &Probe) -> bool {
     let mine: Vec<&Value> = policies.iter().filter(|p| applies(p, me, dir)).collect();
     if mine.is_empty() {
         return true;
@@ -337,18 +341,35 @@ fn side_allows(
         p["spec"][rules_key].as_array().is_some_and(|rules| {
             rules
                 .iter()
-                .any(|r| rule_admits(r, peers_key, other, dst, ns, proto, port))
+                .any(|r| rule_admits(r, peers_key, other, ns, q))
         })
     })
 }
 
 /// The naive answer, for valid policies only.
 pub fn naive_allowed(policies: &[Value], src: &Ep, dst: &Ep, proto: &str, port: u16) -> bool {
+    naive_allowed_in(policies, &namespaces_json(), src, dst, proto, port)
+}
+
+/// [`naive_allowed`] with other Namespace objects.
+pub fn naive_allowed_in(
+    policies: &[Value],
+    namespaces: &[Value],
+    src: &Ep,
+    dst: &Ep,
+    proto: &str,
+    port: u16,
+) -> bool {
     if src.pod.is_some() && src.label() == dst.label() {
         return true;
     }
-    side_allows(policies, src, dst, dst, "Egress", proto, port)
-        && side_allows(policies, dst, src, dst, "Ingress", proto, port)
+    let q = Probe {
+        namespaces,
+        dst,
+        proto,
+        port,
+    };
+    side_allows(policies, src, dst, "Egress", &q) && side_allows(policies, dst, src, "Ingress", &q)
 }
 
 /// Renders a matrix for messages: one block per probe, rows = sources, columns = destinations,

@@ -124,6 +124,59 @@ pub fn scenarios() -> Vec<(&'static str, Vec<Value>, Expect)> {
             |s, d, _, _| !d.is("x", "a") || (s.pod.is_some() && !s.in_ns("y")),
         ),
         (
+            "ipBlock except holds a pod that another peer selects: the peers are ORed",
+            vec![policy(
+                "x",
+                "p",
+                json!({"podSelector": pod_sel("a"), "ingress": [{"from": [
+                    {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24"]}},
+                    {"namespaceSelector": ns_sel("y"), "podSelector": pod_sel("b")}
+                ]}]}),
+            )],
+            |s, d, _, _| !d.is("x", "a") || (s.pod.is_some() && (!s.in_ns("y") || s.name == "b")),
+        ),
+        (
+            "an address in one ipBlock's except and inside another ipBlock is admitted",
+            vec![policy(
+                "x",
+                "p",
+                json!({"podSelector": pod_sel("a"), "policyTypes": ["Egress"], "egress": [{"to": [
+                    {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24"]}},
+                    {"ipBlock": {"cidr": "10.0.2.2/32"}}
+                ]}]}),
+            )],
+            |s, d, _, _| !s.is("x", "a") || (d.pod.is_some() && (!d.in_ns("y") || d.name == "b")),
+        ),
+        (
+            "an IPv6 ipBlock alone admits no IPv4 address (and isolates)",
+            vec![policy(
+                "x",
+                "p",
+                json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "::/0"}}]}]}),
+            )],
+            |_, d, _, _| !d.in_ns("x"),
+        ),
+        (
+            "dual-stack ipBlocks 0.0.0.0/0 and ::/0 admit everything",
+            vec![policy(
+                "x",
+                "p",
+                json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [
+                    {"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0", "except": ["fd00::/8"]}}
+                ]}]}),
+            )],
+            |_, _, _, _| true,
+        ),
+        (
+            "port range up to 65535",
+            vec![policy(
+                "x",
+                "p",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP", "port": 81, "endPort": 65535}]}]}),
+            )],
+            |_, d, pr, port| !d.in_ns("x") || (pr == "UDP" && port >= 81),
+        ),
+        (
             "egress to the outside only (ipBlock 0.0.0.0/0 except the pods)",
             vec![policy(
                 "x",
