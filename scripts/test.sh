@@ -24,6 +24,9 @@ command -v iptables >/dev/null || missing+=(iptables)
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
+# manifest validation (scripts/validate-manifests.sh): a Python venv for kubernetes-validate.
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -35,6 +38,9 @@ fi
 if [ "$(id -u)" != 0 ]; then
   echo "note: not root: the namespace tests will be skipped" >&2
 fi
+
+step "Kubernetes manifests (kubernetes-validate --strict + our checks)"
+bash scripts/validate-manifests.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

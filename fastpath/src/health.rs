@@ -189,6 +189,8 @@ pub struct Health {
     peers: BTreeMap<u64, Peer>,
     events: Vec<Event>,
     rng: u64,
+    /// When [`Health::poll`] last evaluated every peer.
+    polled: Option<Instant>,
 }
 
 /// splitmix64: a tiny, well-known generator; good enough to make tokens unpredictable to
@@ -213,6 +215,7 @@ impl Health {
             peers: BTreeMap::new(),
             events: Vec::new(),
             rng: seed,
+            polled: None,
         }
     }
 
@@ -224,6 +227,8 @@ impl Health {
     /// is already there changes nothing (its history is kept).
     pub fn add_peer(&mut self, peer: u64, now: Instant) {
         self.peers.entry(peer).or_insert_with(|| Peer::new(now));
+        // Its first heartbeat is due now, maybe at the instant of the last poll.
+        self.polled = None;
     }
 
     /// Forget `peer` (connection gone). If it was on the fastpath, a `Switched` to the sleeve is
@@ -248,6 +253,7 @@ impl Health {
     /// Mark `peer` as not a fastpath candidate for `reason` (`Some`), or a candidate again
     /// (`None`: probing restarts, the failure penalty is kept). The peer is added if unknown.
     pub fn set_unavailable(&mut self, peer: u64, reason: Option<String>, now: Instant) {
+        self.polled = None;
         let p = self.peers.entry(peer).or_insert_with(|| Peer::new(now));
         match reason {
             Some(r) => {
@@ -286,6 +292,7 @@ impl Health {
 
     /// Run timers; return the heartbeats due now (send each through the kernel path).
     pub fn poll(&mut self, now: Instant) -> Vec<Due> {
+        self.polled = Some(now);
         let mut due = Vec::new();
         for (&name, p) in self.peers.iter_mut() {
             if p.state == State::Unavailable {
@@ -374,6 +381,11 @@ impl Health {
                 [Some(p.next_send), loss, fail, probe_fail, recover]
             })
             .flatten()
+            // A time already evaluated by the last poll is a condition that did not fire
+            // (a healthy peer's streak start, a streak waiting for a fresh ack): it changes
+            // only with an ack, a loss or a send, which have deadlines of their own. As a
+            // deadline it would wake the caller in a loop.
+            .filter(|&d| self.polled.is_none_or(|p| d > p))
             .min()
     }
 
@@ -534,6 +546,11 @@ mod tests {
                 for e in self.h.drain_events() {
                     let Event::Switched { to, .. } = e;
                     self.switches.push((now - self.t0, to));
+                }
+                // The caller sleeps until the next deadline: one already past would make it
+                // loop without sleeping.
+                if let Some(d) = self.h.next_deadline() {
+                    assert!(d > now, "next deadline {:?} not after now", now - d);
                 }
             }
         }

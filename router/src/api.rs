@@ -174,6 +174,14 @@ pub fn admin_router(tx: mpsc::Sender<ApiCommand>) -> Router {
         .with_state(Api { tx })
 }
 
+/// `GET /status/policy` (the policy enforcer's report, see [`crate::enforcer`]); served
+/// with the status routes. `None`: no policy source, the route answers 404.
+pub fn policy_router(view: Option<crate::enforcer::PolicyView>) -> Router {
+    Router::new()
+        .route("/status/policy", get(crate::enforcer::serve))
+        .with_state(view)
+}
+
 async fn rmpeer(State(api): State<Api>, Json(req): Json<RmPeerRequest>) -> Response {
     match api.ask(|r| ApiCommand::RmPeer(req, r)).await {
         Ok(reply) => Json(reply).into_response(),

@@ -61,23 +61,42 @@ pub struct RouterConfig {
     pub mtu: u32,
     pub ipalloc_range: ipnet::Ipv4Net,
     pub state_dir: PathBuf,
+    /// `--manifests DIR`: the policy enforcer's source.
+    pub manifests: Option<PathBuf>,
     pub bridge: String,
     /// UDP port of the sleeve (the same on every node).
     pub sleeve_port: u16,
     /// Whether `--mtu` was given (then pods get exactly it).
     pub mtu_fixed: bool,
+    /// `--no-fastpath`.
+    pub no_fastpath: bool,
+    /// UDP port of the VXLAN fastpath.
+    pub vxlan_port: u16,
+    /// `--kube`: this node's Node name.
+    pub kube: Option<String>,
 }
 
 impl RouterConfig {
     /// Validates flags; reads the password (never logged).
     pub fn from_args(a: &RouterArgs) -> anyhow::Result<RouterConfig> {
-        if a.kube {
-            bail!("--kube: the Kubernetes integration is not in this build yet (see docs/operations.md); run with --peer instead");
+        // --kube: the Node name gives the peer name and nickname unless flags say otherwise
+        let kube = match (a.kube, &a.manifests) {
+            (true, Some(_)) => bail!("--kube and --manifests both give NetworkPolicies: use one (--kube takes them from the API)"),
+            (true, None) => Some(crate::kube::node_name_from_env()?),
+            (false, _) => None,
+        };
+        let kube_name = kube
+            .as_deref()
+            .map(|n| crate::kube::peer_name_for_node(n).to_string());
+        if let Some(d) = &a.manifests {
+            if !d.is_dir() {
+                bail!("--manifests {}: not a directory", d.display());
+            }
         }
-        if a.manifests.is_some() {
-            bail!("--manifests: the policy enforcer is not in this build yet (see docs/operations.md)");
-        }
-        let identity = identity::identity(a.name.as_deref(), a.nickname.as_deref())?;
+        let identity = identity::identity(
+            a.name.as_deref().or(kube_name.as_deref()),
+            a.nickname.as_deref().or(kube.as_deref()),
+        )?;
         let password = transport::read_password(
             a.password_file.as_deref(),
             std::env::var("WEFT_PASSWORD").ok(),
@@ -123,9 +142,13 @@ impl RouterConfig {
             mtu,
             ipalloc_range: range,
             state_dir: a.state_dir.clone(),
+            manifests: a.manifests.clone(),
             bridge: weft_fastpath::node::DEFAULT_BRIDGE.to_string(),
             sleeve_port: a.sleeve_port,
+            no_fastpath: a.no_fastpath,
+            vxlan_port: a.vxlan_port,
             mtu_fixed: a.mtu.is_some(),
+            kube,
         })
     }
 }
@@ -146,11 +169,22 @@ pub fn parse_range(s: &str) -> anyhow::Result<ipnet::Ipv4Net> {
 /// `weft router --reset`: removes the node plumbing, the nftables table and the state files.
 pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
     let node = weft_fastpath::NodeConfig::default();
-    let removed = weft_fastpath::node::reset(&node)
+    let vxlan = weft_fastpath::vxlan::remove_vxlan(crate::fastpath::VXLAN_IFNAME)
+        .await
+        .context("removing the VXLAN device")?;
+    let mut removed = weft_fastpath::node::reset(&node)
         .await
         .context("removing the node's interfaces")?;
+    if vxlan {
+        removed.push(crate::fastpath::VXLAN_IFNAME.to_string());
+    }
     tokio::task::spawn_blocking(crate::masq::remove).await??;
-    for f in [state::IPAM_FILE, state::ENDPOINTS_FILE] {
+    tokio::task::spawn_blocking(crate::enforcer::remove_table).await??;
+    for f in [
+        state::IPAM_FILE,
+        state::ENDPOINTS_FILE,
+        crate::kube::nodes::CACHE_FILE,
+    ] {
         match std::fs::remove_file(a.state_dir.join(f)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -158,7 +192,7 @@ pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "weft reset: removed {} interface(s){}, the nftables table {}, and the state in {}",
+        "weft reset: removed {} interface(s){}, the nftables tables {} and inet weft-policy, and the state in {}",
         removed.len(),
         if removed.is_empty() {
             String::new()
@@ -233,9 +267,57 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new();
+    // --kube: peers, this node's pod CIDR and the policy inputs from the API (kube::driver)
+    let mut kube = match &cfg.kube {
+        Some(node) => Some(
+            crate::kube::driver::KubeDriver::start(crate::kube::driver::DriverConfig {
+                node: node.clone(),
+                me: me.name,
+                listen: cfg.listen,
+                range: cfg.ipalloc_range,
+                state_dir: cfg.state_dir.clone(),
+                has_peers: !cfg.peers.is_empty(),
+                watch_policy: true,
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    // Policy enforcer: NetworkPolicy from --manifests; without a source, no stale table.
+    let policy = match &cfg.manifests {
+        Some(dir) => Some(crate::enforcer::start(
+            crate::enforcer::Source::Manifests(dir.clone()),
+            metrics.policy.clone(),
+        )?),
+        None if kube.is_some() => {
+            let p = crate::enforcer::start(crate::enforcer::Source::Fed, metrics.policy.clone())?;
+            kube.iter_mut().for_each(|k| k.feed_policy(p.inputs()));
+            Some(p)
+        }
+        None => {
+            if let Err(e) = tokio::task::spawn_blocking(crate::enforcer::remove_table).await? {
+                debug!(error = %format!("{e:#}"), "no policy table removed");
+            }
+            None
+        }
+    };
+    let fastpath = crate::fastpath::Fastpath::start(
+        crate::fastpath::FastpathConfig {
+            me: me.name,
+            bridge: cfg.bridge.clone(),
+            tap: node.tap.clone(),
+            mtu: cfg.mtu,
+            port: cfg.vxlan_port,
+            encrypted: cfg.psk.is_some(),
+            disabled: cfg.no_fastpath,
+        },
+        metrics.clone(),
+    )
+    .await;
     let (status_tx, status_rx) = watch::channel(Arc::new(base_status(&cfg, &transport)));
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCommand>(256);
     let api = status::api_router(status_rx.clone()).merge(api::admin_router(api_tx.clone()));
+    let api = api.merge(api::policy_router(policy.as_ref().map(|p| p.view())));
     let status_listener = tokio::net::TcpListener::bind(cfg.status_addr)
         .await
         .with_context(|| format!("binding the status API on {}", cfg.status_addr))?;
@@ -271,6 +353,9 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         })?;
         info!("IPAM state restored");
     }
+    if let Some(k) = kube.as_mut() {
+        k.init_ipam(&mut mesh, Instant::now());
+    }
     let endpoints = state::load_endpoints(&cfg.state_dir)?;
     let pods = Pods::new(
         cfg.bridge.clone(),
@@ -300,8 +385,10 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         pods,
         ipam_dirty: false,
         dataplane,
+        fastpath,
         routes_dirty: true,
         macs_dirty: true,
+        kube,
     };
     use tokio::signal::unix::{signal, SignalKind};
     lp.execute(initial);
@@ -342,6 +429,13 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
                 lp.execute(actions);
                 dirty = true;
             }
+            _ = crate::kube::driver::next_view(&mut lp.kube) => {
+                let now = Instant::now();
+                let actions = lp.kube.as_mut().map(|k| k.on_view(&mut mesh, now));
+                lp.execute(actions.unwrap_or_default());
+                dirty = true;
+            }
+            _ = lp.fastpath.switched() => dirty = true,
             _ = sigint.recv() => { info!("interrupted, shutting down"); break }
             _ = sigterm.recv() => { info!("terminated, shutting down"); break }
         }
@@ -358,17 +452,31 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
                 let _ = tx.send(Event::GatewaySet(gw, r)).await;
             });
         }
+        if let Some(k) = lp.kube.as_mut() {
+            let ready = matches!(lp.pods.gateway, Gateway::Ready(_));
+            let actions = k.tick(&mut mesh, ready, now);
+            lp.execute(actions);
+        }
         if std::mem::take(&mut lp.ipam_dirty) {
             lp.pods.save_ipam(&mesh);
         }
         if std::mem::take(&mut lp.routes_dirty) {
             lp.dataplane.update_routes(&mut mesh);
         }
+        if let Some(p) = policy.as_ref().filter(|_| lp.macs_dirty) {
+            p.set_endpoints(me.name, &lp.pods.gossip_endpoints(), &mesh.endpoints());
+        }
         if std::mem::take(&mut lp.macs_dirty) {
             lp.dataplane.update_macs(&mesh);
+            lp.fastpath
+                .send(crate::fastpath::Cmd::Claims(crate::dataplane::mac_claims(
+                    &mesh,
+                )));
         }
         if now >= status_due {
-            let st = lp.status(&mut mesh, now);
+            let mut st = lp.status(&mut mesh, now);
+            st.policy = policy.as_ref().and_then(|p| p.summary());
+            st.kube = lp.kube.as_ref().map(|k| k.status());
             lp.update_metrics(&mesh, &st);
             status_tx.send_replace(Arc::new(st));
             last_status = now;
@@ -398,16 +506,19 @@ struct Loop {
     /// IPAM state changed: write the snapshot.
     ipam_dirty: bool,
     dataplane: DataPlane,
+    fastpath: crate::fastpath::Fastpath,
     /// Topology changed: recompute the data plane's routes.
     routes_dirty: bool,
     /// Endpoints or peers changed: rebuild the data plane's MAC table.
     macs_dirty: bool,
+    /// `--kube`: the Kubernetes side (peers, pod CIDR, reclaims, policy inputs).
+    kube: Option<crate::kube::driver::KubeDriver>,
 }
 
 impl Loop {
     fn event(&mut self, mesh: &mut Mesh, ev: Event, now: Instant) -> Vec<Action> {
         match ev {
-            Event::Established(pc) => {
+            Event::Established(mut pc) => {
                 let id = self.next_id;
                 self.next_id += 1;
                 let (addr, outbound, peer) = (pc.remote, pc.outbound, pc.peer.clone());
@@ -417,6 +528,17 @@ impl Loop {
                     .connection_up(id, peer.name, addr, outbound, &pc.secrets);
                 let (tx, rx) = mpsc::channel(SEND_QUEUE);
                 let handle = pc.sender();
+                if let Some(link) = pc.take_link_receiver() {
+                    self.fastpath.send(crate::fastpath::Cmd::PeerUp {
+                        conn: id,
+                        peer: peer.name,
+                        remote: addr,
+                        outbound,
+                        secrets: Box::new(pc.secrets.clone()),
+                        sender: handle.clone(),
+                        link,
+                    });
+                }
                 tokio::spawn(writer(handle.clone(), rx));
                 tokio::spawn(reader(id, *pc, self.ev_tx.clone()));
                 self.conns.insert(id, Conn { queue: tx, handle });
@@ -455,6 +577,8 @@ impl Loop {
                     return Vec::new();
                 }
                 self.dataplane.connection_down(id);
+                self.fastpath
+                    .send(crate::fastpath::Cmd::PeerDown { conn: id });
                 let reason: Option<Failure> = end.to_failure();
                 match &reason {
                     Some(f) => info!(conn = id, reason = %f.detail, "connection lost"),
@@ -465,7 +589,10 @@ impl Loop {
                 }
                 mesh.handle(Input::ConnectionClosed { conn: id, reason }, now)
             }
-            Event::Resolved(addrs) => mesh.set_targets(&addrs, now),
+            Event::Resolved(addrs) => match self.kube.as_mut() {
+                Some(k) => k.set_resolved(mesh, addrs, now),
+                None => mesh.set_targets(&addrs, now),
+            },
             Event::GatewaySet(net, result) => {
                 self.pods.gateway_set(net, result);
                 Vec::new()
@@ -540,6 +667,7 @@ impl Loop {
         let encrypted = self.cfg.psk.is_some();
         let mtu = self.cfg.mtu;
         let sessions = self.dataplane.sessions_by_peer();
+        let fp = self.fastpath.view();
         if !self.cfg.mtu_fixed {
             // New pods get an MTU that fits every confirmed path (the sleeve answers bigger
             // DF packets with ICMP "fragmentation needed" anyway).
@@ -579,7 +707,7 @@ impl Loop {
                 TargetState::IsSelf => continue,
                 TargetState::Idle => ConnState::Failed,
             };
-            let (path, path_mtu, path_reason) = self.path_of(&c, state, &sessions, &next_hops);
+            let (path, path_mtu, path_reason) = self.path_of(&c, state, &sessions, &next_hops, &fp);
             connections.push(ConnInfo {
                 peer: c.peer.map(|p| p.to_string()),
                 nickname: c.nickname.clone(),
@@ -661,17 +789,34 @@ impl Loop {
         state: ConnState,
         sessions: &HashMap<u64, SessionInfo>,
         next_hops: &HashMap<PeerName, PeerName>,
+        fp: &crate::fastpath::FastpathView,
     ) -> (Option<String>, Option<u16>, Option<String>) {
         let Some(peer) = c.peer else {
             return (None, None, None);
         };
         if state == ConnState::Established {
+            let health = fp.peers.get(&peer.as_u64());
+            if let Some(h) = health.filter(|h| h.path == weft_fastpath::health::Path::Fastpath) {
+                let mtu = u16::try_from(fp.mtu).unwrap_or(u16::MAX);
+                return (Some("fastpath".into()), Some(mtu), Some(h.reason.clone()));
+            }
+            // Why not the fastpath: the whole node's reason, else this peer's.
+            let why_not = fp
+                .off
+                .clone()
+                .or_else(|| {
+                    health.map(|h| {
+                        let state = format!("{:?}", h.state).to_lowercase();
+                        format!("fastpath {state}: {}", h.reason)
+                    })
+                })
+                .unwrap_or_else(|| "fastpath not probed yet".into());
             return match sessions.get(&peer.as_u64()) {
                 Some(s) => (
                     Some("sleeve".into()),
                     Some(s.inner_mtu),
                     Some(format!(
-                        "sleeve: no kernel fastpath yet; path MTU {} {}",
+                        "sleeve ({why_not}); path MTU {} {}",
                         s.path_mtu,
                         if s.confirmed {
                             "confirmed"
@@ -757,6 +902,12 @@ impl Loop {
                 st.range
             ));
         }
+        for (block, peer) in &st.ours.contested {
+            info.problems.push(format!(
+                "block {block} of this node's pod CIDR is also claimed by {}: an address may be handed out twice",
+                label(*peer)
+            ));
+        }
         if !st.ours.duplicates.is_empty() {
             info.problems.push(format!(
                 "addresses held twice after a partition: {:?}",
@@ -816,6 +967,8 @@ fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
             ..Default::default()
         },
         endpoints: Vec::new(),
+        policy: None,
+        kube: None,
     }
 }
 

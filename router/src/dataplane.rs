@@ -31,6 +31,21 @@ pub fn mac_of(name: PeerName) -> [u8; 6] {
     [v[2], v[3], v[4], v[5], v[6], v[7]]
 }
 
+/// MAC -> owner, from the gossiped endpoint table; each node's bridge MAC (its peer name)
+/// belongs to it too. Ours included.
+pub fn mac_claims(mesh: &Mesh) -> Vec<([u8; 6], u64)> {
+    let mut macs: Vec<([u8; 6], u64)> = mesh
+        .peers()
+        .into_iter()
+        .map(|p| (mac_of(p.name), p.name.as_u64()))
+        .collect();
+    macs.push((mac_of(mesh.identity().name), mesh.identity().name.as_u64()));
+    for (owner, e) in mesh.endpoints() {
+        macs.push((e.mac, owner.as_u64()));
+    }
+    macs
+}
+
 impl DataPlane {
     /// Starts the sleeve on `tap`, listening on UDP `port` (all IPv4 addresses).
     pub fn start(me: PeerName, tap: &str, port: u16, encrypted: bool) -> DataPlane {
@@ -125,19 +140,10 @@ impl DataPlane {
         engine.set_routes(unicast, broadcast);
     }
 
-    /// The endpoint table or the peer set changed: MAC -> owner. Each node's bridge MAC (its
-    /// peer name) belongs to it too.
+    /// The endpoint table or the peer set changed: MAC -> owner (see [`mac_claims`]).
     pub fn update_macs(&self, mesh: &Mesh) {
         let Some(engine) = &self.engine else { return };
-        let mut macs: HashMap<[u8; 6], u64> = HashMap::new();
-        for p in mesh.peers() {
-            macs.insert(mac_of(p.name), p.name.as_u64());
-        }
-        macs.insert(mac_of(mesh.identity().name), mesh.identity().name.as_u64());
-        for (owner, e) in mesh.endpoints() {
-            macs.insert(e.mac, owner.as_u64());
-        }
-        engine.set_macs(macs);
+        engine.set_macs(mac_claims(mesh).into_iter().collect());
     }
 
     /// The session used towards each direct neighbour (the newest), by peer name.

@@ -9,6 +9,8 @@
 //! - `status` / `metrics`: the peer status HTTP API (TCP and unix socket) and Prometheus metrics.
 //! - `client`: `weft status`, reading that API.
 //! - `lab`: `weft lab`, a local mesh in network namespaces.
+//! - `kube`: `weft router --kube`: peers, the pod CIDR and policy inputs from the Kubernetes
+//!   API (watches against the API server; the daemon's side in `kube::driver`).
 
 pub mod api;
 pub mod cli;
@@ -16,7 +18,10 @@ pub mod client;
 pub mod cni;
 pub mod daemon;
 pub mod dataplane;
+pub mod enforcer;
+pub mod fastpath;
 pub mod identity;
+pub mod kube;
 pub mod lab;
 pub mod masq;
 pub mod metrics;

@@ -15,6 +15,7 @@
 //! | `weft_sleeve_relayed_records_total` | counter | |
 //! | `weft_sleeve_icmp_frag_needed_total` | counter | |
 //! | `weft_sleeve_endpoint_changes_total` | counter | |
+//! | `weft_policy_*` | | see [`crate::enforcer::metrics`] |
 //!
 //! Every label value is pre-created, so each series exists (at 0) from the start.
 
@@ -159,6 +160,12 @@ fn add_delta(c: &Counter, now: u64, last: u64) {
     c.inc_by(if now >= last { now - last } else { now });
 }
 
+/// Label of `weft_fastpath_switches_total`: the path traffic moved to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwitchLabels {
+    pub to: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
@@ -189,17 +196,22 @@ pub struct Metrics {
     pub sleeve_relayed: Counter,
     pub sleeve_icmp: Counter,
     pub sleeve_endpoint_changes: Counter,
+    /// `weft_fastpath_switches_total{to}`: a peer's traffic moved between fastpath and sleeve.
+    pub fastpath_switches: Family<SwitchLabels, Counter>,
     last_sleeve: Mutex<weft_sleeve::engine::Stats>,
     /// The version reported by `weft_build_info{version}`.
     pub version: &'static str,
     /// Last totals given to [`Metrics::set_gossip_totals`]:
     /// sent bytes, sent messages, received bytes, received messages.
     last_gossip: Mutex<[u64; 4]>,
+    /// The policy enforcer's metrics (`weft_policy_*`).
+    pub policy: crate::enforcer::PolicyMetrics,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::default();
+        let policy = crate::enforcer::PolicyMetrics::register(&mut registry);
         let version = env!("CARGO_PKG_VERSION");
 
         let peers = Gauge::default();
@@ -277,6 +289,15 @@ impl Metrics {
         for reason in SLEEVE_DROP_REASONS {
             let _ = sleeve_dropped.get_or_create(&DropLabels { reason });
         }
+        let fastpath_switches = Family::<SwitchLabels, Counter>::default();
+        registry.register(
+            "weft_fastpath_switches",
+            "Peers whose traffic moved between the kernel fastpath and the sleeve, by destination path",
+            fastpath_switches.clone(),
+        );
+        for to in ["fastpath", "sleeve"] {
+            let _ = fastpath_switches.get_or_create(&SwitchLabels { to });
+        }
         registry.register(
             "weft_build",
             "weft build information",
@@ -316,9 +337,11 @@ impl Metrics {
             sleeve_relayed,
             sleeve_icmp,
             sleeve_endpoint_changes,
+            fastpath_switches,
             last_sleeve: Mutex::new(Default::default()),
             version,
             last_gossip: Mutex::new([0; 4]),
+            policy,
         })
     }
 
@@ -441,6 +464,14 @@ impl Metrics {
     pub fn handshake_failure(&self, reason: HandshakeFailure) {
         self.handshake_failures
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts one fastpath switch of a peer, to the fastpath or to the sleeve.
+    pub fn fastpath_switch(&self, to_fastpath: bool) {
+        let to = if to_fastpath { "fastpath" } else { "sleeve" };
+        self.fastpath_switches
+            .get_or_create(&SwitchLabels { to })
             .inc();
     }
 

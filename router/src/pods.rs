@@ -197,7 +197,7 @@ impl Pods {
                         Ok(AddOutcome::Done(self.reply(al.ip, al.prefix_len, gw)))
                     }
                     Err(IpamError::Pending { retry_at }) => Ok(AddOutcome::RetryAt(retry_at)),
-                    Err(e @ IpamError::Exhausted { .. }) => {
+                    Err(e @ (IpamError::Exhausted { .. } | IpamError::CidrExhausted { .. })) => {
                         Err(ApiError::new(code::EXHAUSTED, e.to_string()))
                     }
                     Err(e) => Err(ApiError::new(code::ROUTER, e.to_string())),

@@ -48,6 +48,14 @@ pub struct Status {
     /// The gossiped endpoint (MAC) table: every pod interface in the mesh.
     #[serde(default)]
     pub endpoints: Vec<EndpointInfo>,
+    /// One line about NetworkPolicy enforcement (`GET /status/policy` has the details);
+    /// absent when no policy source is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The Kubernetes side (`--kube`): API connection, Nodes, pod CIDR, reclaims; absent
+    /// without `--kube`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<crate::kube::KubeStatus>,
 }
 
 /// One pod interface of the mesh, from the gossiped endpoint table.
@@ -232,7 +240,7 @@ impl Status {
             let _ = write!(targets, " ({})", list.join(", "));
         }
         let enabled = |b: bool| if b { "enabled" } else { "disabled" };
-        let rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(&str, String)> = vec![
             (
                 "Version",
                 format!("{} (protocol {})", self.version, self.protocol),
@@ -267,6 +275,9 @@ impl Status {
                 ),
             ),
         ];
+        if let Some(k) = &self.kube {
+            rows.push(("Kubernetes", k.summary()));
+        }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
         for (k, v) in rows {

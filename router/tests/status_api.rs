@@ -91,6 +91,8 @@ fn sample() -> Status {
             ..Default::default()
         },
         endpoints: Vec::new(),
+        policy: None,
+        kube: None,
     }
 }
 

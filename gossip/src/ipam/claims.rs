@@ -9,10 +9,16 @@
 //! 75 % used — one claim at a time. Before the first claim we wait until we have
 //! synchronised IPAM records with a neighbour (its IPAM digest received and fetched), or
 //! `settle` after start without one (a lone first router needs nobody).
+//!
+//! All of that is for the shared range ([`BlockSource::Shared`]). With a fixed CIDR
+//! (`source.rs`) our settled blocks are the CIDR's, always, and nothing is claimed; while
+//! the source is undecided nothing is claimed either.
 
 use super::alloc::Allocs;
 use super::blocks::Index;
+use super::source::{BlockSource, Fixed};
 use super::space::IpamSpace;
+use super::IpamError;
 use crate::message::{IpamRecord, Removal, Summary};
 use crate::peer::PeerName;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +59,10 @@ pub(crate) struct Local {
     pub next_wake: Option<Instant>,
     /// A record claiming one of our blocks (or ours) changed: re-check who wins them.
     pub recheck: bool,
+    /// Where our blocks come from.
+    pub source: BlockSource,
+    /// The fixed CIDR when `source` is [`BlockSource::Fixed`].
+    pub fixed: Option<Fixed>,
 }
 
 /// What `step` needs to know about the mesh besides the view.
@@ -80,12 +90,18 @@ impl Local {
             published: false,
             next_wake: None,
             recheck: true,
+            source: BlockSource::Shared,
+            fixed: None,
         }
     }
 
-    /// Nothing claimed, allocated or removed yet (a snapshot may still be restored).
+    /// Nothing claimed, allocated or removed yet (a snapshot may still be restored). The
+    /// blocks of a fixed CIDR are not claims.
     pub fn pristine(&self) -> bool {
-        self.settled.is_empty()
+        let fixed = self.fixed.as_ref();
+        self.settled
+            .iter()
+            .all(|b| fixed.is_some_and(|f| f.blocks.contains(b)))
             && self.pending.is_empty()
             && self.allocs.is_empty()
             && self.removals.is_empty()
@@ -96,14 +112,61 @@ impl Local {
         self.persist = true;
     }
 
+    /// Changes where our blocks come from; returns whether anything changed. To a fixed
+    /// CIDR: our settled blocks become exactly the CIDR's and pending claims are dropped
+    /// (addresses we hold elsewhere stay allocated, published as lost until released).
+    /// To the shared range: the blocks we hold stay ours and claiming resumes.
+    pub fn set_source(&mut self, source: BlockSource) -> Result<bool, IpamError> {
+        let source = match source {
+            BlockSource::Fixed(net) => BlockSource::Fixed(net.trunc()),
+            other => other,
+        };
+        if source == self.source {
+            return Ok(false);
+        }
+        self.fixed = match &source {
+            BlockSource::Fixed(net) => {
+                let f = Fixed::new(&self.space, *net)?;
+                self.settled = f.blocks.clone();
+                self.pending.clear();
+                self.waiting = false;
+                Some(f)
+            }
+            _ => None,
+        };
+        self.source = source;
+        self.recheck = true;
+        self.changed();
+        Ok(true)
+    }
+
+    /// Whether address `a` of a settled block may be handed out (a fixed CIDR admits only
+    /// its own addresses).
+    pub fn allows(&self, a: u32) -> bool {
+        self.fixed.as_ref().is_none_or(|f| f.allows(&self.space, a))
+    }
+
+    /// (used, usable) addresses we can allocate from: the settled blocks, or the CIDR.
+    pub fn usage(&self) -> (u64, u64) {
+        let (used, usable) = self.allocs.usage(&self.space, &self.settled);
+        match &self.fixed {
+            Some(f) => (used, f.capacity(&self.space)),
+            None => (used, usable),
+        }
+    }
+
     /// Drops claims we no longer win (a conflict lost, a removal of us). Allocations in a
     /// lost settled block stay, reported as lost. Needed only after `recheck` was set:
     /// who wins one of our blocks changes only with a record that claims it, or ours.
+    /// The blocks of a fixed CIDR are kept whoever else claims them: the CIDR was given
+    /// to us (status reports the contest).
     pub fn reconcile(&mut self, idx: &Index, me: PeerName) {
         self.recheck = false;
         let before = (self.pending.len(), self.settled.len());
+        let fixed = self.fixed.as_ref();
         self.pending.retain(|&b, _| idx.owns(b, me));
-        self.settled.retain(|&b| idx.owns(b, me));
+        self.settled
+            .retain(|&b| idx.owns(b, me) || fixed.is_some_and(|f| f.blocks.contains(&b)));
         if before != (self.pending.len(), self.settled.len()) {
             self.changed();
         }
@@ -131,10 +194,13 @@ impl Local {
         (self.synced && !env.fetching) || env.now >= self.started + self.settle
     }
 
-    /// Whether to claim a block now: one is needed, none is being claimed, and we know the
-    /// mesh's claims (or waited long enough to claim alone).
+    /// Whether to claim a block now: we claim from the shared range, one is needed, none is
+    /// being claimed, and we know the mesh's claims (or waited long enough to claim alone).
     pub fn wants_claim(&self, env: &Env) -> bool {
-        self.pending.is_empty() && self.needs_block() && self.may_claim(env)
+        self.source == BlockSource::Shared
+            && self.pending.is_empty()
+            && self.needs_block()
+            && self.may_claim(env)
     }
 
     /// Claims the free block we prefer most, if any.
@@ -159,7 +225,11 @@ impl Local {
                 }
             })
             .min();
-        if self.pending.is_empty() && self.needs_block() && !self.may_claim(env) {
+        if self.source == BlockSource::Shared
+            && self.pending.is_empty()
+            && self.needs_block()
+            && !self.may_claim(env)
+        {
             let t = self.started + settle;
             wake = Some(wake.map_or(t, |w| w.min(t)));
         }

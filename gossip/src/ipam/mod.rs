@@ -16,20 +16,23 @@
 //! blocks over in the same version, so they are never free in between. State survives
 //! restarts through [`Mesh::ipam_snapshot`] / [`Mesh::restore_ipam`].
 //!
-//! A fixed per-node CIDR (Kubernetes `spec.podCIDR`, a later issue) plugs in as the
-//! node's only block source: its blocks would be settled at once and never claimed from
-//! the shared range.
+//! A fixed per-node CIDR (Kubernetes `spec.podCIDR`) is the node's only block source when
+//! the driver sets it ([`Mesh::ipam_set_source`], [`BlockSource`]): its blocks are settled
+//! at once and nothing is claimed from the shared range (`source.rs`). While the source is
+//! [`BlockSource::Undecided`] nothing new is claimed or handed out.
 
 mod alloc;
 mod blocks;
 mod claims;
 mod snapshot;
+mod source;
 mod space;
 mod status;
 #[cfg(test)]
 mod tests;
 
 pub use alloc::AllocKey;
+pub use source::BlockSource;
 pub use space::{IpamSpace, DEFAULT_BLOCK_PREFIX, MAX_BLOCK_BITS, MAX_BLOCK_PREFIX};
 pub use status::{IpamConflict, IpamMismatch, IpamOwnStatus, IpamPeerStatus, IpamStatus};
 
@@ -51,6 +54,8 @@ pub const DEFAULT_RANGE: &str = "10.32.0.0/12";
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 /// Removed peers remembered from others' records (beyond this, new ones are not).
 const MAX_REMOVED_KNOWN: usize = 1 << 16;
+/// How soon to ask again for an address while the block source is undecided.
+pub const UNDECIDED_RETRY: Duration = Duration::from_millis(250);
 
 /// IPAM configuration of one router. Every router of a mesh must use the same range and
 /// block size; a peer with another is reported in status and its blocks are avoided.
@@ -105,6 +110,9 @@ pub struct RemoveOutcome {
     pub blocks: Vec<Ipv4Net>,
     /// Addresses in them.
     pub addresses: u64,
+    /// Blocks the removed peer owned (as CIDRs): transferred to us when we claim from the
+    /// shared range, freed otherwise (a fixed CIDR takes nothing over).
+    pub freed: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,8 +121,9 @@ pub enum IpamError {
     Disabled,
     #[error("invalid IPAM configuration: {0}")]
     Config(String),
-    /// A block is being claimed or settling; retry at `retry_at` (CNI: try again later).
-    #[error("no address available yet: a block of the range is being claimed; try again shortly")]
+    /// A block is being claimed or settling, or the block source is not decided yet;
+    /// retry at `retry_at` (CNI: try again later).
+    #[error("no address available yet: this router's address space is not settled yet (a block of the range is being claimed, or the node's pod CIDR is not known yet); try again shortly")]
     Pending { retry_at: Instant },
     #[error(
         "IP range {range} is exhausted: all {blocks} blocks of {block_size} addresses are \
@@ -146,6 +155,10 @@ pub enum IpamError {
     UnknownPeer(PeerName),
     #[error("peer {0} was already removed")]
     AlreadyRemoved(PeerName),
+    #[error("this node's CIDR {cidr} is not inside the IP range {range}")]
+    CidrOutsideRange { cidr: Ipv4Net, range: Ipv4Net },
+    #[error("this node's pod CIDR {cidr} is exhausted: all {usable} addresses are in use")]
+    CidrExhausted { cidr: Ipv4Net, usable: u64 },
 }
 
 /// The IPAM part of a [`Mesh`]: the replicated records and our own state.
@@ -391,14 +404,22 @@ impl Mesh {
             }
             return Ok(a);
         }
+        if self.ipam.local.as_ref().expect("checked").source == BlockSource::Undecided {
+            return Err(IpamError::Pending {
+                retry_at: now + UNDECIDED_RETRY,
+            });
+        }
         self.ipam_step(now);
         let ipam = &mut self.ipam;
         let local = ipam.local.as_mut().expect("checked");
         let idx = view(&ipam.index, &local.space, &ipam.store, &ipam.removed);
-        let reserved = |a: u32| idx.reserved.contains_key(&a);
+        let (space, fixed) = (&local.space, &local.fixed);
+        let reserved = |a: u32| {
+            idx.reserved.contains_key(&a) || fixed.as_ref().is_some_and(|f| !f.allows(space, a))
+        };
         let got = local
             .allocs
-            .allocate(key, pod.clone(), &local.space, &local.settled, reserved);
+            .allocate(key, pod.clone(), space, &local.settled, reserved);
         if let Some(ip) = got {
             local.waiting = false;
             local.persist = true;
@@ -409,6 +430,12 @@ impl Mesh {
                 prefix_len,
                 pod,
                 conflicting: false,
+            });
+        }
+        if let Some(f) = &local.fixed {
+            return Err(IpamError::CidrExhausted {
+                cidr: f.net,
+                usable: f.capacity(&local.space),
             });
         }
         local.waiting = true;
@@ -429,7 +456,7 @@ impl Mesh {
             block_size: local.space.block_size(),
             ours,
             others: blocks - ours,
-            usable: local.allocs.usage(&local.space, &local.settled).1,
+            usable: local.usage().1,
         })
     }
 
@@ -498,9 +525,34 @@ impl Mesh {
         self.ipam.enabled()
     }
 
+    /// Where our blocks come from (`None` when IPAM is disabled).
+    pub fn ipam_source(&self) -> Option<&BlockSource> {
+        self.ipam.local.as_ref().map(|l| &l.source)
+    }
+
+    /// Sets where our blocks come from (see [`BlockSource`]); returns whether it changed.
+    /// May be called at any time, also before [`Mesh::restore_ipam`] (the restored state
+    /// then follows it). A fixed CIDR must lie inside the range. Our new record is
+    /// gossiped on the next `handle`.
+    pub fn ipam_set_source(
+        &mut self,
+        source: BlockSource,
+        now: Instant,
+    ) -> Result<bool, IpamError> {
+        self.ipam.check()?;
+        let local = self.ipam.local.as_mut().expect("checked");
+        if !local.set_source(source)? {
+            return Ok(false);
+        }
+        self.ipam.touch();
+        self.ipam_step(now);
+        Ok(true)
+    }
+
     /// Removes peer `name` from IPAM (`weft rmpeer`): its records up to the latest we hold
     /// become void everywhere and we take over the blocks it owned (as claims settling
     /// like fresh ones, so a concurrent removal elsewhere cannot double-allocate them).
+    /// Unless we claim from the shared range, nothing is taken over: the blocks are freed.
     /// Refused for ourselves, and for a peer we can reach unless `force`.
     pub fn remove_peer(
         &mut self,
@@ -527,12 +579,17 @@ impl Mesh {
         let ipam = &mut self.ipam;
         let local = ipam.local.as_mut().expect("checked");
         let idx = view(&ipam.index, &local.space, &ipam.store, &ipam.removed);
-        let taken: Vec<u32> = if rec.space == local.space {
+        let owned: Vec<u32> = if rec.space == local.space {
             rec.blocks
                 .iter()
                 .copied()
                 .filter(|&b| idx.owns(b, name))
                 .collect()
+        } else {
+            Vec::new()
+        };
+        let taken = if local.source == BlockSource::Shared {
+            owned.clone()
         } else {
             Vec::new()
         };
@@ -565,6 +622,7 @@ impl Mesh {
             peer: name,
             blocks: space::aggregate(&space, taken.iter().copied()),
             addresses: taken.len() as u64 * u64::from(space.block_size()),
+            freed: space::aggregate(&space, owned.iter().copied()),
         })
     }
 }

@@ -5,7 +5,8 @@
 //! [`Snapshot`]. A restored router owns its settled blocks at once (they were its own),
 //! re-settles its pending claims, keeps its allocations, and publishes its record above
 //! the saved version; records of its previous incarnation (same name, older uid) are the
-//! same owner and never conflict with it.
+//! same owner and never conflict with it. The block source ([`super::BlockSource`]) is
+//! not saved: the driver sets it at every start, before or after the restore.
 
 use super::alloc::AllocKey;
 use super::space::IpamSpace;
@@ -142,6 +143,10 @@ impl Mesh {
         for r in snap.removals.iter().filter(|r| r.peer != self.me.name) {
             fresh.add_removal(*r);
         }
+        // the block source set before the restore wins over the saved blocks
+        fresh
+            .set_source(local.source.clone())
+            .expect("the source was valid for this space");
         fresh.dirty = true;
         fresh.persist = true;
         self.ipam.local = Some(fresh);

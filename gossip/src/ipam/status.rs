@@ -1,7 +1,7 @@
 //! What `/status/ipam` shows: the range, who owns what, our usage, conflicts, peers with
 //! another range, removed peers.
 
-use super::{view, IpamError};
+use super::{view, BlockSource, IpamError};
 use crate::mesh::Mesh;
 use crate::peer::PeerName;
 use ipnet::Ipv4Net;
@@ -12,6 +12,8 @@ use std::time::Instant;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpamStatus {
     pub range: Ipv4Net,
+    /// Where this router's blocks come from.
+    pub source: BlockSource,
     pub block_prefix_len: u8,
     /// Addresses per block.
     pub block_size: u32,
@@ -59,8 +61,13 @@ pub struct IpamOwnStatus {
     pub lost: Vec<Ipv4Addr>,
     /// Our addresses that another peer also holds as lost: the same address on two pods.
     pub duplicates: Vec<Ipv4Addr>,
-    /// No free address and no free block: allocations fail.
+    /// No free address and no free block (with a fixed CIDR: no free address in it):
+    /// allocations fail.
     pub exhausted: bool,
+    /// Blocks of our fixed CIDR that another peer's claim wins in the shared view: both
+    /// may hand out the same addresses (only when the CIDR covers whole blocks; a CIDR
+    /// smaller than a block shares it with its neighbours by design).
+    pub contested: Vec<(Ipv4Net, PeerName)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,14 +169,16 @@ impl Mesh {
             .copied()
             .collect();
 
-        let (used_settled, usable) = local.allocs.usage(&space, &local.settled);
+        let (used_settled, usable) = local.usage();
         let reserved_ours = local
             .settled
             .iter()
             .map(|&b| {
                 idx.reserved
                     .range(space.block_start(b)..=space.block_end(b))
-                    .filter(|(a, h)| **h != me && local.allocs.holder(**a).is_none())
+                    .filter(|(a, h)| {
+                        **h != me && local.allocs.holder(**a).is_none() && local.allows(**a)
+                    })
                     .count() as u64
             })
             .sum::<u64>();
@@ -181,16 +190,32 @@ impl Mesh {
             .map(|(a, _)| Ipv4Addr::from(*a))
             .collect();
         let blocks_free = idx.free_count(&space);
+        let claimable = local.source == BlockSource::Shared && blocks_free > 0;
+        let contested = local
+            .fixed
+            .iter()
+            .filter(|f| f.whole_blocks(&space))
+            .flat_map(|f| f.blocks.iter())
+            .filter_map(|&b| {
+                let w = idx.winner(b)?;
+                (w.peer != me).then(|| (space.block_net(b), w.peer))
+            })
+            .collect();
         let ours = IpamOwnStatus {
             used: local.allocs.len() as u64,
             free,
             pending: super::space::aggregate(&space, local.pending.keys().copied()),
             lost: local.lost().into_iter().map(Ipv4Addr::from).collect(),
             duplicates,
-            exhausted: free == 0 && local.pending.is_empty() && blocks_free == 0,
+            exhausted: local.source != BlockSource::Undecided
+                && free == 0
+                && local.pending.is_empty()
+                && !claimable,
+            contested,
         };
         Ok(IpamStatus {
             range: space.range(),
+            source: local.source.clone(),
             block_prefix_len: space.block_prefix_len,
             block_size: space.block_size(),
             blocks_total: space.block_count(),

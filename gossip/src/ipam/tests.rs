@@ -145,6 +145,9 @@ fn connect(a: &mut Mesh, b: &mut Mesh, now: Instant) -> Instant {
     pump(a, b, now, Duration::from_secs(1), to_b, to_a)
 }
 
+#[path = "source_tests.rs"]
+mod source_tests;
+
 #[test]
 fn disabled_and_misconfigured() {
     let t0 = Instant::now();

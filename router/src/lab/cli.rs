@@ -57,6 +57,10 @@ pub struct LabUpArgs {
     /// Pods per node, attached through the weft-net CNI plugin (0 for none).
     #[arg(long, default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(0..=16))]
     pub pods: usize,
+    /// A directory of Kubernetes YAML (Namespaces, Pods, NetworkPolicies) every router
+    /// enforces (`weft router --manifests`). Lab pods are `lab/<their namespace name>`.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
     /// Extra arguments for every `weft router`, after `--`.
     #[arg(last = true)]
     pub router_args: Vec<String>,
@@ -114,13 +118,22 @@ async fn up(a: LabUpArgs) -> anyhow::Result<()> {
         (None, false) => LabPassword::Random,
     };
     let encrypted = password != LabPassword::None;
+    let mut router_args = a.router_args;
+    if let Some(dir) = &a.manifests {
+        let dir =
+            std::fs::canonicalize(dir).with_context(|| format!("--manifests {}", dir.display()))?;
+        router_args.extend([
+            "--manifests".to_string(),
+            dir.to_string_lossy().into_owned(),
+        ]);
+    }
     let opts = LabOptions {
         id: a.id.clone(),
         nodes,
         password,
         timeout: Duration::from_secs(a.timeout),
         bin: bin.clone(),
-        router_args: a.router_args,
+        router_args,
         wait: false,
         segments: a.segments,
     };

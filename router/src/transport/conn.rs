@@ -11,6 +11,7 @@
 
 use super::error::{truncate_reason, CloseCode, ConnectionEnd};
 use super::handshake::SessionSecrets;
+use super::link::{LinkMessage, LINK_STREAM, MAX_LINK_BYTES};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -107,6 +108,7 @@ pub enum SendError {
 pub struct ConnSender {
     shared: Arc<Shared>,
     streams: Arc<[tokio::sync::Mutex<Option<quinn::SendStream>>; Channel::ALL.len()]>,
+    link: Arc<tokio::sync::Mutex<Option<quinn::SendStream>>>,
 }
 
 /// Finishes a stream whose frame write was interrupted, so the next send starts a new one.
@@ -138,7 +140,26 @@ impl ConnSender {
             return Err(SendError::TooLarge(body.len()));
         }
         let id = channel_id(msg.channel());
-        let mut slot = self.streams[usize::from(id)].lock().await;
+        self.write_framed(&self.streams[usize::from(id)], id, &body)
+            .await
+    }
+
+    /// Sends one message on the link stream (see [`super::link`]); same guarantees as
+    /// [`ConnSender::send`].
+    pub async fn send_link(&self, msg: &LinkMessage) -> Result<(), SendError> {
+        self.write_framed(&self.link, LINK_STREAM, &msg.encode())
+            .await
+    }
+
+    /// Writes one length-prefixed frame on the stream in `slot`, opening it (with its id
+    /// byte first) if needed.
+    async fn write_framed(
+        &self,
+        slot: &tokio::sync::Mutex<Option<quinn::SendStream>>,
+        id: u8,
+        body: &[u8],
+    ) -> Result<(), SendError> {
+        let mut slot = slot.lock().await;
         let mut buf = Vec::with_capacity(5 + body.len());
         if slot.is_none() {
             let s = self
@@ -151,7 +172,7 @@ impl ConnSender {
             buf.push(id);
         }
         buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        buf.extend_from_slice(&body);
+        buf.extend_from_slice(body);
         let mut guard = WriteGuard { slot, done: false };
         let stream = guard.slot.as_mut().expect("stream opened above");
         let r = stream.write_all(&buf).await;
@@ -199,6 +220,7 @@ pub struct PeerConn {
     sender: ConnSender,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Message>,
+    link_rx: Option<mpsc::Receiver<LinkMessage>>,
 }
 
 impl std::fmt::Debug for PeerConn {
@@ -228,7 +250,8 @@ impl PeerConn {
             local_end: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(RECV_QUEUE);
-        tokio::spawn(accept_streams(shared.clone(), tx));
+        let (link_tx, link_rx) = mpsc::channel(RECV_QUEUE);
+        tokio::spawn(accept_streams(shared.clone(), tx, link_tx));
         PeerConn {
             peer,
             remote,
@@ -237,9 +260,11 @@ impl PeerConn {
             sender: ConnSender {
                 shared: shared.clone(),
                 streams: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(None))),
+                link: Arc::new(tokio::sync::Mutex::new(None)),
             },
             shared,
             rx,
+            link_rx: Some(link_rx),
         }
     }
 
@@ -251,6 +276,13 @@ impl PeerConn {
     /// Sends one message (see [`ConnSender::send`]).
     pub async fn send(&self, msg: &Message) -> Result<(), SendError> {
         self.sender.send(msg).await
+    }
+
+    /// The receiver of the peer's link messages (see [`super::link`]); `None` after the
+    /// first call. Messages that arrive while nobody holds it are dropped once its queue
+    /// is full (the link carries nothing that must be delivered).
+    pub fn take_link_receiver(&mut self) -> Option<mpsc::Receiver<LinkMessage>> {
+        self.link_rx.take()
     }
 
     /// The next decoded message from the peer, from any channel; after the connection has
@@ -287,9 +319,13 @@ impl Drop for PeerConn {
 }
 
 /// Accepts the peer's unidirectional streams, one reader task each.
-async fn accept_streams(shared: Arc<Shared>, tx: mpsc::Sender<Message>) {
+async fn accept_streams(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Message>,
+    link_tx: mpsc::Sender<LinkMessage>,
+) {
     while let Ok(s) = shared.conn.accept_uni().await {
-        tokio::spawn(read_stream(s, shared.clone(), tx.clone()));
+        tokio::spawn(read_stream(s, shared.clone(), tx.clone(), link_tx.clone()));
     }
 }
 
@@ -320,10 +356,18 @@ async fn read_frame(s: &mut quinn::RecvStream) -> Frame {
     Frame::Body(body)
 }
 
-async fn read_stream(mut s: quinn::RecvStream, shared: Arc<Shared>, tx: mpsc::Sender<Message>) {
+async fn read_stream(
+    mut s: quinn::RecvStream,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Message>,
+    link_tx: mpsc::Sender<LinkMessage>,
+) {
     let mut id = [0u8];
     if s.read_exact(&mut id).await.is_err() {
         return;
+    }
+    if id[0] == LINK_STREAM {
+        return read_link_stream(s, shared, link_tx).await;
     }
     let Some(channel) = channel_from_id(id[0]) else {
         tracing::debug!(id = id[0], "ignoring stream of unknown channel");
@@ -360,6 +404,39 @@ async fn read_stream(mut s: quinn::RecvStream, shared: Arc<Shared>, tx: mpsc::Se
                 shared.protocol_error(format!("{} message: {e}", channel.as_str()));
                 return;
             }
+        }
+    }
+}
+
+/// Reads the link stream. Undecodable messages are skipped (logged at debug); a frame over
+/// the size limit is a protocol error, as on the gossip streams.
+async fn read_link_stream(
+    mut s: quinn::RecvStream,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<LinkMessage>,
+) {
+    loop {
+        let body = match read_frame(&mut s).await {
+            Frame::Body(b) if b.len() <= MAX_LINK_BYTES => b,
+            Frame::Body(b) => {
+                shared.protocol_error(format!(
+                    "link frame of {} bytes exceeds the limit of {MAX_LINK_BYTES}",
+                    b.len()
+                ));
+                return;
+            }
+            Frame::End => return,
+            Frame::TooLarge(n) => {
+                shared.protocol_error(format!("link frame of {n} bytes exceeds the limit"));
+                return;
+            }
+        };
+        match LinkMessage::decode(&body) {
+            // A full queue (nobody reading, or far behind) drops it: the link tolerates loss.
+            Ok(msg) => {
+                let _ = tx.try_send(msg);
+            }
+            Err(e) => tracing::debug!(error = %e, "ignoring a link message"),
         }
     }
 }

@@ -48,6 +48,7 @@
 pub mod conn;
 pub mod error;
 pub mod handshake;
+pub mod link;
 pub mod psk;
 pub mod tls;
 
@@ -57,6 +58,7 @@ pub use handshake::{
     decode_identity, encode_identity, parse_preamble, IdentityError, NoiseError, NoiseHandshake,
     Preamble, PreambleError, SessionSecrets,
 };
+pub use link::LinkMessage;
 pub use psk::{derive_psk, read_password, PasswordError, DEFAULT_CLUSTER, PASSWORD_ENV};
 pub use tls::ALPN;
 
