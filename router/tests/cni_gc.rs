@@ -2,14 +2,14 @@
 //! (env + stdin JSON, cniVersion 1.1.0) against a real router in a one-node `weft lab`.
 //! Needs root and iproute2; skipped with a message otherwise.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
 use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 
 /// Pod namespaces of the test, deleted on drop.
 struct PodNs(Vec<String>);
@@ -23,24 +23,7 @@ impl Drop for PodNs {
 
 /// Runs `weft-net` in node 1's namespace with `conf` on stdin; (exit code, stdout).
 fn cni(lab: &Lab, cmd: &str, id: &str, podns: &str, conf: &serde_json::Value) -> (i32, String) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &lab.namespace(1), WEFT_NET])
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", format!("/var/run/netns/{podns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_weft_net(&lab.namespace(1), cmd, id, podns, None, conf);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -10,9 +10,10 @@
 //! from the podCIDR in its peer cache.
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
+mod common;
+
 mod kube_support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,7 +24,6 @@ use weft::lab;
 use weft_fastpath::netns::Netns;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 
 fn prerequisites() -> bool {
     let tools = ["nft", "ping"]
@@ -213,29 +213,16 @@ fn cni_add(ns: &str, sock: &Path, id: &str, podns: &str) -> Value {
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "weft", "type": "weft-net", "socket": sock,
     });
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, WEFT_NET])
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", format!("/var/run/netns/{podns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_weft_net(
+        ns,
+        "ADD",
+        id,
+        podns,
+        Some(&format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"
+        )),
+        &conf,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -3,14 +3,14 @@
 //! the gateway, masquerade, the gossiped endpoint table, a router restart, DEL, rmpeer.
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
-use std::io::Write;
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 
 fn prerequisites() -> bool {
     let tools = ["nft", "ping"]
@@ -56,28 +56,16 @@ fn cni(lab: &Lab, node: usize, cmd: &str, id: &str, podns: &str) -> (i32, serde_
         "cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
         "socket": lab.node_socket(node),
     });
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &lab.namespace(node), WEFT_NET])
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", format!("/var/run/netns/{podns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_weft_net(
+        &lab.namespace(node),
+        cmd,
+        id,
+        podns,
+        Some(&format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"
+        )),
+        &conf,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let json = if text.trim().is_empty() {
         serde_json::Value::Null

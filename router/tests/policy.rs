@@ -7,18 +7,18 @@
 //! blocked connections show in the metrics and the router's log.
 //! Needs root, iproute2 and nft; skipped with a message otherwise.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 use weft_fastpath::netns::Netns;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 const PORT: u16 = 8080;
 
 fn prerequisites() -> bool {
@@ -67,28 +67,16 @@ fn cni_add(lab: &Lab, node: usize, key: &str, netns: &str) -> String {
         "cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
         "socket": lab.node_socket(node),
     });
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &lab.namespace(node), WEFT_NET])
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", netns)
-        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_weft_net(
+        &lab.namespace(node),
+        "ADD",
+        netns,
+        netns,
+        Some(&format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"
+        )),
+        &conf,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ADD {key}: {text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

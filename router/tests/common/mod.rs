@@ -12,6 +12,41 @@ use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 use weft_fastpath::netns::Netns;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+pub const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
+
+/// Runs `weft-net` the way a runtime does: inside node namespace `node_ns`, with the CNI
+/// variables for container `id` whose network namespace is `pod_ns`, `cni_args` as CNI_ARGS
+/// (if any) and `conf` on stdin.
+pub fn run_weft_net(
+    node_ns: &str,
+    cmd: &str,
+    id: &str,
+    pod_ns: &str,
+    cni_args: Option<&str>,
+    conf: &serde_json::Value,
+) -> std::process::Output {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", node_ns, WEFT_NET])
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", format!("/var/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(a) = cni_args {
+        c.env("CNI_ARGS", a);
+    }
+    let mut child = c.spawn().expect("running weft-net");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(conf.to_string().as_bytes())
+        .expect("writing the CNI config");
+    child.wait_with_output().expect("waiting for weft-net")
+}
 
 /// Root, iproute2, nft and ping; prints why not (and the test is skipped) otherwise.
 pub fn prerequisites() -> bool {
