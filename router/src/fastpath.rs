@@ -9,9 +9,10 @@
 //! (the sleeve). The FDB is reconciled after every change and every [`RECONCILE_EVERY`], so
 //! entries someone else removed come back and stale ones go.
 //!
-//! With a network password the fastpath must not carry plaintext: a peer is a candidate
-//! only when the kernel has ESP, and then only with ESP transport SAs keyed from the control
-//! handshake ([`esp_keys`]); otherwise status says why the peer stays on the sleeve.
+//! With a network password the fastpath must not carry plaintext: without ESP in the kernel
+//! there is no VXLAN device at all (it would accept plaintext frames from anyone); with ESP a
+//! peer is a candidate only with ESP transport SAs keyed from the control handshake
+//! ([`esp_keys`]). Status says why a peer stays on the sleeve.
 
 use crate::metrics::Metrics;
 use crate::transport::{ConnSender, LinkMessage, SessionSecrets};
@@ -118,6 +119,17 @@ impl Fastpath {
             return off(format!("kernel lacks VXLAN: {:?}", caps.vxlan));
         }
         let esp = caps.esp.is_available();
+        if cfg.encrypted && !esp {
+            // No device at all: a VXLAN port would take plaintext frames from anyone who
+            // can send UDP to it, straight onto the pods' bridge.
+            if let Err(e) = weft_fastpath::remove_vxlan(VXLAN_IFNAME).await {
+                warn!(error = %e, "removing a VXLAN device left by an earlier run failed");
+            }
+            return off(format!(
+                "encryption required and the kernel lacks ESP (IPsec): {:?}",
+                caps.esp
+            ));
+        }
         let mtu = cfg.mtu;
         let vx = VxlanConfig {
             name: VXLAN_IFNAME.into(),
