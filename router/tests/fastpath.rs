@@ -291,8 +291,20 @@ async fn an_encrypted_mesh_never_sends_plaintext_vxlan() {
     ));
     let c = lab.status(1).await.unwrap().connections[0].clone();
     if caps.esp.is_available() {
-        // With ESP the fastpath is allowed (its packets are ESP, never plain VXLAN).
+        // With ESP the fastpath is allowed: its packets are ESP, never plain VXLAN.
         assert!(c.encrypted, "{c:?}");
+        let took = wait_path(&lab, 1, "fastpath", Duration::from_secs(30)).await;
+        assert!(
+            took.is_some(),
+            "encrypted fastpath: {:?}",
+            lab.status(1).await.ok()
+        );
+        assert!(ping_within(
+            &p.0[0].namespace,
+            &p.0[1].ip,
+            Duration::from_secs(10)
+        ));
+        eprintln!("encrypted fastpath (ESP) up after {took:?}");
     } else {
         assert_eq!(c.path.as_deref(), Some("sleeve"), "{c:?}");
         let reason = c.reason.unwrap_or_default();
