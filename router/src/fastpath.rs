@@ -116,7 +116,7 @@ impl Fastpath {
             Err(e) => return off(format!("capability probe failed: {e}")),
         };
         if !caps.vxlan.is_available() {
-            return off(format!("kernel lacks VXLAN: {:?}", caps.vxlan));
+            return off(format!("kernel lacks VXLAN: {}", probe_detail(&caps.vxlan)));
         }
         let esp = caps.esp.is_available();
         if cfg.encrypted && !esp {
@@ -126,8 +126,8 @@ impl Fastpath {
                 warn!(error = %e, "removing a VXLAN device left by an earlier run failed");
             }
             return off(format!(
-                "encryption required and the kernel lacks ESP (IPsec): {:?}",
-                caps.esp
+                "encryption required (ESP, IPsec): {}",
+                probe_detail(&caps.esp)
             ));
         }
         let mtu = cfg.mtu;
@@ -516,6 +516,14 @@ fn describe(f: &Finding) -> String {
             pname(*owner),
             fmt_mac(mac)
         ),
+    }
+}
+
+/// What a capability probe found, for status.
+fn probe_detail(p: &weft_fastpath::Probe) -> String {
+    match p {
+        weft_fastpath::Probe::Available => "available".into(),
+        weft_fastpath::Probe::Missing(d) | weft_fastpath::Probe::Unknown(d) => d.clone(),
     }
 }
 
