@@ -13,13 +13,13 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v ping >/dev/null || missing+=(iputils-ping)
 command -v pkill >/dev/null || missing+=(procps)
 command -v nft >/dev/null || missing+=(nftables)
-# libcni test (router/tests/libcni.rs): Go + Debian's CNI library build the driver offline;
+# libcni test (router/tests/e2e/libcni.rs): Go + Debian's CNI library build the driver offline;
 # the reference portmap/bandwidth plugins (in /usr/lib/cni) chain after weft-net.
 command -v go >/dev/null || missing+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ] || missing+=(golang-github-appc-cni-dev)
 [ -x /usr/lib/cni/portmap ] && [ -x /usr/lib/cni/bandwidth ] || missing+=(containernetworking-plugins)
 command -v iptables >/dev/null || missing+=(iptables)
-# podman test (router/tests/podman.rs): podman 4 with its CNI backend (no netavark: weft-net
+# podman test (router/tests/e2e/podman.rs): podman 4 with its CNI backend (no netavark: weft-net
 # is the plugin), runc, and a static busybox for the locally imported image.
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)

@@ -1,9 +1,9 @@
-//! The control handshake's plaintext parsers on arbitrary bytes: the preamble and the
+//! The control handshake's plaintext parsers (`weft_gossip::handshake`) on arbitrary bytes: the preamble and the
 //! Identity payload never panic; whatever they accept survives re-encoding.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft::transport::{decode_identity, encode_identity, parse_preamble};
+use weft_gossip::handshake::{decode_identity, encode_identity, parse_preamble};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = parse_preamble(data) {

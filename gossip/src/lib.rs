@@ -23,7 +23,7 @@
 //! IP address management ([`ipam`]) rides on the same machinery: a third channel carries
 //! each peer's claimed address blocks; allocation of addresses within them is local.
 //!
-//! Modules: `store` (per-origin records and their merge), `gossip` (news, wanted records,
+//! Modules: [`handshake`] (plaintext wire types of the control handshake), `store` (per-origin records and their merge), `gossip` (news, wanted records,
 //! tombstones, message sizes), `sync` (gossip message handling), `conns` (connections,
 //! dialling, discovery, garbage collection), `targets` (addresses, backoff), `routes`
 //! (unicast next hops, broadcast trees), [`ipam`] (address blocks and allocations),
@@ -31,6 +31,7 @@
 
 mod conns;
 mod gossip;
+pub mod handshake;
 pub mod ipam;
 pub mod mesh;
 pub mod message;

@@ -303,6 +303,12 @@ impl Lab {
     }
 }
 
+/// Source ports of UDP probes: never reused within a run. A random ephemeral port can repeat
+/// the 5-tuple of an earlier probe whose conntrack entry (established, 30-120 s) is still
+/// there, and that entry would let the datagram pass as a reply of an allowed flow after the
+/// policy changed. (TCP does not reuse a tuple that conntrack still tracks as open.)
+static NEXT_UDP_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(10_000);
+
 /// One probe: a TCP connection, or a UDP datagram echoed back, from a fresh socket (a new
 /// conntrack entry every time).
 fn probe(dst: IpAddr, proto: &str, port: u16) -> bool {
@@ -310,7 +316,9 @@ fn probe(dst: IpAddr, proto: &str, port: u16) -> bool {
     if proto == "TCP" {
         TcpStream::connect_timeout(&to, TIMEOUT).is_ok()
     } else {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let src = NEXT_UDP_PORT.fetch_add(1, Ordering::Relaxed);
+        assert!(src >= 10_000, "UDP probe source ports ran out");
+        let s = UdpSocket::bind(("0.0.0.0", src)).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         if s.connect(to).is_err() || s.send(b"probe").is_err() {
             return false;

@@ -267,6 +267,9 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new();
+    if let Some(r) = dataplane.stats_reader() {
+        metrics.watch_sleeve(r);
+    }
     // --kube: peers, this node's pod CIDR and the policy inputs from the API (kube::driver)
     let mut kube = match &cfg.kube {
         Some(node) => Some(
@@ -929,6 +932,7 @@ impl Loop {
             count(ConnState::Failed),
         );
         self.metrics.set_peers(st.peers.len() as i64);
+        // The sleeve counters are read at every scrape (Metrics::watch_sleeve).
         let s = mesh.stats();
         self.metrics.set_gossip_totals(
             s.bytes_sent,
@@ -936,9 +940,6 @@ impl Loop {
             s.bytes_received,
             s.messages_received,
         );
-        if let Some(st) = self.dataplane.stats() {
-            self.metrics.set_sleeve_totals(&st);
-        }
     }
 }
 

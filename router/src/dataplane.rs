@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use tracing::{info, warn};
 use weft_gossip::{Mesh, PeerName};
-use weft_sleeve::engine::{Engine, EngineConfig, SessionInfo, Stats};
+use weft_sleeve::engine::{Engine, EngineConfig, SessionInfo, StatsReader};
 use weft_sleeve::pmtu::PmtuConfig;
 use weft_sleeve::session::{Mode, RekeyPolicy, SessionKeys};
 
@@ -157,8 +157,9 @@ impl DataPlane {
         by_peer
     }
 
-    pub fn stats(&self) -> Option<Stats> {
-        self.engine.as_ref().map(|e| e.stats())
+    /// A reader of the engine's counters, for the metrics endpoint.
+    pub fn stats_reader(&self) -> Option<StatsReader> {
+        self.engine.as_ref().map(|e| e.stats_reader())
     }
 
     /// Stops the threads.

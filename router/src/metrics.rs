@@ -199,6 +199,8 @@ pub struct Metrics {
     /// `weft_fastpath_switches_total{to}`: a peer's traffic moved between fastpath and sleeve.
     pub fastpath_switches: Family<SwitchLabels, Counter>,
     last_sleeve: Mutex<weft_sleeve::engine::Stats>,
+    /// The sleeve engine's counters, read at every scrape (see [`Metrics::watch_sleeve`]).
+    sleeve_reader: Mutex<Option<weft_sleeve::engine::StatsReader>>,
     /// The version reported by `weft_build_info{version}`.
     pub version: &'static str,
     /// Last totals given to [`Metrics::set_gossip_totals`]:
@@ -339,14 +341,29 @@ impl Metrics {
             sleeve_endpoint_changes,
             fastpath_switches,
             last_sleeve: Mutex::new(Default::default()),
+            sleeve_reader: Mutex::new(None),
             version,
             last_gossip: Mutex::new([0; 4]),
             policy,
         })
     }
 
+    /// Reads the sleeve engine's counters at every scrape from now on, so the `weft_sleeve_*`
+    /// counters are current when they are read rather than as of the last status refresh.
+    pub fn watch_sleeve(&self, reader: weft_sleeve::engine::StatsReader) {
+        *self.sleeve_reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader);
+    }
+
     /// The OpenMetrics text exposition (ends with `# EOF`).
     pub fn encode(&self) -> String {
+        let reader = self
+            .sleeve_reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(r) = reader {
+            self.set_sleeve_totals(&r.stats());
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an error would be a bug in a metric's encoder.
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -490,4 +507,36 @@ pub fn metrics_router(m: Arc<Metrics>) -> Router {
             async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.encode()).into_response() }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use weft_sleeve::engine::Counters;
+
+    fn value(text: &str, name: &str) -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[test]
+    fn every_scrape_reads_the_sleeve_counters_afresh() {
+        let m = Metrics::new();
+        let counters = Arc::new(Counters::default());
+        m.watch_sleeve(counters.clone().into());
+        assert_eq!(value(&m.encode(), "weft_sleeve_relayed_records_total"), 0);
+        counters.relayed_records.fetch_add(7, Ordering::Relaxed);
+        counters.drop_replay.fetch_add(2, Ordering::Relaxed);
+        let text = m.encode();
+        assert_eq!(value(&text, "weft_sleeve_relayed_records_total"), 7);
+        assert_eq!(
+            value(&text, "weft_sleeve_dropped_total{reason=\"replay\"}"),
+            2
+        );
+        // Totals become counter increments once: a scrape without changes adds nothing.
+        assert_eq!(value(&m.encode(), "weft_sleeve_relayed_records_total"), 7);
+    }
 }

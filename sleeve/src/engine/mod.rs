@@ -80,6 +80,49 @@ pub struct Counters {
     pub rekeys: AtomicU64,
 }
 
+impl Counters {
+    /// A snapshot of every counter.
+    pub fn snapshot(&self) -> Stats {
+        let c = self;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            rx_packets: g(&c.rx_packets),
+            rx_bytes: g(&c.rx_bytes),
+            tx_packets: g(&c.tx_packets),
+            tx_bytes: g(&c.tx_bytes),
+            frames_in: g(&c.frames_in),
+            frames_out: g(&c.frames_out),
+            relayed_records: g(&c.relayed_records),
+            drop_malformed: g(&c.drop_malformed),
+            drop_unknown_session: g(&c.drop_unknown_session),
+            drop_auth: g(&c.drop_auth),
+            drop_replay: g(&c.drop_replay),
+            drop_bad_records: g(&c.drop_bad_records),
+            drop_no_route: g(&c.drop_no_route),
+            drop_tap_write: g(&c.drop_tap_write),
+            drop_send: g(&c.drop_send),
+            icmp_frag_needed: g(&c.icmp_frag_needed),
+            endpoint_changes: g(&c.endpoint_changes),
+        }
+    }
+}
+
+/// Reads an engine's [`Counters`]: see [`Engine::stats_reader`].
+#[derive(Clone, Debug)]
+pub struct StatsReader(Arc<Counters>);
+
+impl From<Arc<Counters>> for StatsReader {
+    fn from(c: Arc<Counters>) -> StatsReader {
+        StatsReader(c)
+    }
+}
+
+impl StatsReader {
+    pub fn stats(&self) -> Stats {
+        self.0.snapshot()
+    }
+}
+
 /// A snapshot of [`Counters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -185,7 +228,7 @@ pub(crate) struct Shared {
     pub me: u64,
     pub mode: Mode,
     pub started: Instant,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
     pub stop: AtomicBool,
     generation: AtomicU64,
     table: Mutex<Arc<Table>>,
@@ -255,7 +298,7 @@ impl Engine {
             me: cfg.me,
             mode: cfg.mode,
             started: Instant::now(),
-            counters: Counters::default(),
+            counters: Arc::default(),
             stop: AtomicBool::new(false),
             generation: AtomicU64::new(1),
             table: Mutex::new(Arc::new(Table::default())),
@@ -410,27 +453,13 @@ impl Engine {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Stats {
-            rx_packets: g(&c.rx_packets),
-            rx_bytes: g(&c.rx_bytes),
-            tx_packets: g(&c.tx_packets),
-            tx_bytes: g(&c.tx_bytes),
-            frames_in: g(&c.frames_in),
-            frames_out: g(&c.frames_out),
-            relayed_records: g(&c.relayed_records),
-            drop_malformed: g(&c.drop_malformed),
-            drop_unknown_session: g(&c.drop_unknown_session),
-            drop_auth: g(&c.drop_auth),
-            drop_replay: g(&c.drop_replay),
-            drop_bad_records: g(&c.drop_bad_records),
-            drop_no_route: g(&c.drop_no_route),
-            drop_tap_write: g(&c.drop_tap_write),
-            drop_send: g(&c.drop_send),
-            icmp_frag_needed: g(&c.icmp_frag_needed),
-            endpoint_changes: g(&c.endpoint_changes),
-        }
+        self.shared.counters.snapshot()
+    }
+
+    /// A reader of the counters that can be kept elsewhere (the metrics endpoint reads it at
+    /// every scrape); it stays valid after the engine stops.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.shared.counters.clone())
     }
 
     /// Stops the threads and waits for them.

@@ -2,7 +2,7 @@
 //! `nodes/status` subresource, other conditions untouched), only once asked, set again when
 //! something flips it back, and a clear error for a Node that does not exist.
 
-mod kube_support;
+use crate::kube_support;
 
 use std::time::Duration;
 

@@ -3,9 +3,7 @@
 //! transport; a flood of garbage on UDP 6784; an MTU black hole on the underlay.
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -255,14 +253,11 @@ async fn frames_are_relayed_between_segments() {
     );
     let gbps = transfer(&lab, c, a, 16 << 20).await;
     eprintln!("16 MiB relayed through a middle node: {gbps:.2} Gbit/s");
+    // The metrics read the sleeve's counters at scrape time: the transfer is complete, so is
+    // the count (16 MiB is more than 11,000 full datagrams).
     let relayed = metric(&lab, 2, "weft_sleeve_relayed_records_total").await;
-    let t = Instant::now();
-    let mut relayed = relayed;
-    while relayed == 0 && t.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        relayed = metric(&lab, 2, "weft_sleeve_relayed_records_total").await;
-    }
-    assert!(relayed > 1000, "n2 relayed the records: {relayed}");
+    eprintln!("n2 relayed {relayed} records");
+    assert!(relayed > 11_000, "n2 relayed the records: {relayed}");
     // n1 shows the path to n3 as a relay, if it has tried a direct connection to it.
     let st = lab.status(1).await.unwrap();
     for c in st

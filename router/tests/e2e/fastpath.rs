@@ -5,9 +5,7 @@
 //! encrypted mesh on a kernel without ESP stays on the sleeve and says why.
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use weft::lab::{Lab, LabPassword};

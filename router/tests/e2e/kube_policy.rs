@@ -1,7 +1,7 @@
 //! The policy enforcer's caches (Pods, Namespaces, NetworkPolicies) against the fake API
 //! server: complete snapshots, change ticks, pruned objects, and recovery after `410 Gone`.
 
-mod kube_support;
+use crate::kube_support;
 
 use std::time::Duration;
 

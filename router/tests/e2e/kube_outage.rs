@@ -1,7 +1,7 @@
 //! The API server unreachable: at start (nothing listens yet), and across a router restart
 //! (the peer cache in the state directory carries the last known peers).
 
-mod kube_support;
+use crate::kube_support;
 
 use std::time::Duration;
 

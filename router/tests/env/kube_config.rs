@@ -3,7 +3,7 @@
 //! an HTTPS API server with its own CA and a bearer token works (TLS through rustls/ring, as
 //! in a cluster). One test: it changes the process environment.
 
-mod kube_support;
+use crate::kube_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! change and go; the watch resumes after dropped connections (no relist), moves on with
 //! bookmarks, and lists again after `410 Gone`; an outage keeps the last known peers.
 
-mod kube_support;
+use crate::kube_support;
 
 use std::net::IpAddr;
 use std::time::Duration;

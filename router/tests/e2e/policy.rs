@@ -7,7 +7,7 @@
 //! blocked connections show in the metrics and the router's log.
 //! Needs root, iproute2 and nft; skipped with a message otherwise.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 //! (env + stdin JSON, cniVersion 1.1.0) against a real router in a one-node `weft lab`.
 //! Needs root and iproute2; skipped with a message otherwise.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

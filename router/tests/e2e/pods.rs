@@ -3,7 +3,7 @@
 //! the gateway, masquerade, the gossiped endpoint table, a router restart, DEL, rmpeer.
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

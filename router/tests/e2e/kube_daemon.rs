@@ -10,9 +10,9 @@
 //! from the podCIDR in its peer cache.
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
-mod common;
+use crate::common;
 
-mod kube_support;
+use crate::kube_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,33 @@
+//! The router's integration tests, in one test binary: linking the router (with its
+//! Kubernetes client) into one executable per suite cost minutes and gigabytes of disk.
+//!
+//! Each module is one suite: `cargo test -p weft --test e2e mesh::` runs one of them.
+//! Suites that need root and network namespaces check for them and say when they skip; every
+//! one of them creates uniquely named namespaces, so suites run side by side safely. Tests
+//! that change the process environment live in the separate `env` binary.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../kube_support/mod.rs"]
+mod kube_support;
+
+mod cni_gc;
+mod cni_spec;
+mod fastpath;
+mod kube_daemon;
+mod kube_install_cni;
+mod kube_node_status;
+mod kube_nodes;
+mod kube_outage;
+mod kube_policy;
+mod lab;
+mod lab_segments;
+mod libcni;
+mod masq;
+mod mesh;
+mod podman;
+mod pods;
+mod policy;
+mod sleeve;
+mod status_api;
+mod transport;
