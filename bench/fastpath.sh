@@ -3,7 +3,7 @@
 #   1. the reference: peers.sh vxlan-bridge (pod netns -> veth -> bridge -> kernel VXLAN ->
 #      veth underlay, the path a pod takes, set up by hand) and the bare veth underlay;
 #   2. weft: a plain 2-node `weft lab` (no password: the kernel fastpath carries pod traffic),
-#      one iperf3 TCP stream pod -> pod across the nodes, and the ping RTT.
+#      one iperf3 TCP stream pod -> pod across the nodes.
 # The failover/failback gaps are measured by router/tests/e2e/fastpath.rs (run it with
 # --nocapture to see them).
 # Usage: bench/fastpath.sh [SECS=10] [ROUNDS=3]. Prints a markdown table for docs/benchmarks.md.

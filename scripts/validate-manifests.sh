@@ -192,6 +192,13 @@ def check(docs):
                 if it["key"] not in have:
                     errs.append(f"{where}: Secret {sec['secretName']} has no key {it['key']}")
                 consumed.add(os.path.join(m["mountPath"], it["path"]))
+        # probes: the status API on the node's loopback; readiness is /readyz (in the mesh),
+        # startup and liveness /healthz (alive, whatever peers or the API server do)
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                            ("readinessProbe", "/readyz")):
+            get = (router.get(probe) or {}).get("httpGet") or {}
+            if (get.get("host"), get.get("port"), get.get("path")) != ("127.0.0.1", 6784, path):
+                errs.append(f"{where}: {probe} must GET http://127.0.0.1:6784{path}, not {get}")
         if not pw_file:
             errs.append(f"{where}: the router gets no --password-file / WEFT_PASSWORD_FILE")
         elif pw_file not in consumed:
@@ -217,6 +224,7 @@ def self_test(docs):
         "missing verb": lambda d: role(d)["rules"][-1]["verbs"].clear(),
         "secret key": lambda d: secret(d).update({"stringData": {"pass": "x"}}),
         "password path": lambda d: [e.update({"value": "/elsewhere"}) for e in ds(d)["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "WEFT_PASSWORD_FILE"],
+        "readiness probe": lambda d: ds(d)["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"].update({"path": "/healthz"}),
         "secret in deploy/": lambda d: d.append(("deploy/99-secret.yaml", copy.deepcopy(secret(d)))),
     }
     for name, fault in faults.items():

@@ -20,8 +20,11 @@
 //!   netlink, listed, and deleted. A kernel with XFRM but without ESP (or without that AEAD)
 //!   refuses the SA: `Missing`, with the kernel's answer.
 //!
-//! Without the privilege to make a namespace (not root, no `CAP_SYS_ADMIN`), the link and TAP
-//! probes report `Unknown` with the reason rather than guessing.
+//! Without the privilege to make a namespace (no `CAP_SYS_ADMIN`, as in the DaemonSet), the
+//! link and TAP probes report `Unknown` with the reason rather than guessing or creating test
+//! links where everyone sees them; the nftables and ESP probes, which leave nothing visible
+//! behind, run in the caller's namespace. `Unknown` is not `Missing`: the router still tries
+//! to create its VXLAN device and reports what the kernel said if that fails.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -104,13 +107,6 @@ fn probe_in_throwaway_netns() -> Capabilities {
         br_netfilter: Probe::Unknown(why.clone()),
         esp: Probe::Unknown(why),
     };
-    // SAFETY: unshare affects only this (dedicated, short-lived) thread's network namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        let e = io::Error::last_os_error();
-        return unknown(format!(
-            "cannot create a throwaway namespace to probe in: {e}"
-        ));
-    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,6 +114,26 @@ fn probe_in_throwaway_netns() -> Capabilities {
         Ok(rt) => rt,
         Err(e) => return unknown(format!("cannot build probe runtime: {e}")),
     };
+    // SAFETY: unshare affects only this (dedicated, short-lived) thread's network namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        // No CAP_SYS_ADMIN (the DaemonSet grants NET_ADMIN and NET_RAW only). Creating test
+        // links here would be seen by everyone: leave them Unknown (the router then creates
+        // its real devices and learns from that). The nftables dump only reads, and the ESP
+        // SA is between documentation addresses: both are harmless in this namespace.
+        let e = io::Error::last_os_error();
+        let why = format!(
+            "not probed: no throwaway namespace to create test links in ({e}; needs CAP_SYS_ADMIN)"
+        );
+        return Capabilities {
+            bridge: Probe::Unknown(why.clone()),
+            veth: Probe::Unknown(why.clone()),
+            tuntap: Probe::Unknown(why.clone()),
+            vxlan: Probe::Unknown(why),
+            nftables: nft_probe(),
+            br_netfilter: Probe::Unknown("set by the caller".into()),
+            esp: rt.block_on(esp_probe()),
+        };
+    }
     let (bridge, veth, vxlan, esp) = rt.block_on(async {
         let esp = esp_probe().await;
         let nl = match Netlink::connect("throwaway probe netns".into()) {

@@ -77,8 +77,26 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
-    /// Validates flags; reads the password (never logged).
+    /// Validates flags; reads the password (never logged). See [`crate::startup`] for the
+    /// router's own start, which waits for a password file instead of failing on it.
     pub fn from_args(a: &RouterArgs) -> anyhow::Result<RouterConfig> {
+        let mut cfg = Self::from_args_except_password(a)?;
+        let password = transport::read_password(
+            a.password_file.as_deref(),
+            std::env::var(transport::PASSWORD_ENV).ok(),
+        )
+        .context("reading the network password")?;
+        cfg.set_password(password.as_deref().map(Vec::as_slice), &a.cluster);
+        Ok(cfg)
+    }
+
+    /// Sets the Noise PSK from the network password (`None`: no password, no encryption).
+    pub fn set_password(&mut self, password: Option<&[u8]>, cluster: &str) {
+        self.psk = password.map(|p| transport::derive_psk(p, cluster));
+    }
+
+    /// Validates every flag except the password; the result has no PSK yet.
+    pub fn from_args_except_password(a: &RouterArgs) -> anyhow::Result<RouterConfig> {
         // --kube: the Node name gives the peer name and nickname unless flags say otherwise
         let kube = match (a.kube, &a.manifests) {
             (true, Some(_)) => bail!("--kube and --manifests both give NetworkPolicies: use one (--kube takes them from the API)"),
@@ -97,14 +115,6 @@ impl RouterConfig {
             a.name.as_deref().or(kube_name.as_deref()),
             a.nickname.as_deref().or(kube.as_deref()),
         )?;
-        let password = transport::read_password(
-            a.password_file.as_deref(),
-            std::env::var("WEFT_PASSWORD").ok(),
-        )
-        .context("reading the network password")?;
-        let psk = password
-            .as_ref()
-            .map(|p| transport::derive_psk(p, &a.cluster));
         let metrics_addr = match a.metrics_addr.as_str() {
             "off" | "" => None,
             s => Some(
@@ -127,7 +137,7 @@ impl RouterConfig {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(RouterConfig {
             identity,
-            psk,
+            psk: None,
             listen: a.listen,
             status_addr: a.status_addr,
             metrics_addr,
@@ -179,6 +189,7 @@ pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
         removed.push(crate::fastpath::VXLAN_IFNAME.to_string());
     }
     tokio::task::spawn_blocking(crate::masq::remove).await??;
+    tokio::task::spawn_blocking(crate::vxlan_guard::remove).await??;
     tokio::task::spawn_blocking(crate::enforcer::remove_table).await??;
     for f in [
         state::IPAM_FILE,
@@ -192,7 +203,7 @@ pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "weft reset: removed {} interface(s){}, the nftables tables {} and inet weft-policy, and the state in {}",
+        "weft reset: removed {} interface(s){}, the nftables tables {}, {} and inet weft-policy, and the state in {}",
         removed.len(),
         if removed.is_empty() {
             String::new()
@@ -200,6 +211,7 @@ pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
             format!(" ({})", removed.join(", "))
         },
         crate::masq::TABLE,
+        crate::vxlan_guard::TABLE,
         a.state_dir.display()
     );
     Ok(())
@@ -480,6 +492,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
             let mut st = lp.status(&mut mesh, now);
             st.policy = policy.as_ref().and_then(|p| p.summary());
             st.kube = lp.kube.as_ref().map(|k| k.status());
+            st.not_ready = lp.not_ready(&st);
             lp.update_metrics(&mesh, &st);
             status_tx.send_replace(Arc::new(st));
             last_status = now;
@@ -674,10 +687,18 @@ impl Loop {
         if !self.cfg.mtu_fixed {
             // New pods get an MTU that fits every confirmed path (the sleeve answers bigger
             // DF packets with ICMP "fragmentation needed" anyway).
+            // Both paths count: the sleeve's overhead is the larger today, but a pod may use
+            // either path to a peer over the same underlay path.
             let fit = sessions
                 .values()
                 .filter(|s| s.confirmed)
-                .map(|s| u32::from(s.inner_mtu))
+                .map(|s| {
+                    let vxlan = crate::fastpath::inner_mtu(
+                        s.path_mtu,
+                        fp.overhead > crate::fastpath::VXLAN_OVERHEAD,
+                    );
+                    u32::from(s.inner_mtu).min(if fp.off.is_none() { vxlan } else { u32::MAX })
+                })
                 .min()
                 .unwrap_or(mtu);
             self.pods.mtu = mtu.min(fit).max(576);
@@ -803,10 +824,16 @@ impl Loop {
                 let mtu = u16::try_from(fp.mtu).unwrap_or(u16::MAX);
                 return (Some("fastpath".into()), Some(mtu), Some(h.reason.clone()));
             }
-            // Why not the fastpath: the whole node's reason, else this peer's.
+            // Why not the fastpath: the whole node's reason, else a path too small for its
+            // frames, else this peer's health.
+            let shortfall = sessions
+                .get(&peer.as_u64())
+                .filter(|s| s.confirmed)
+                .and_then(|s| crate::fastpath::mtu_shortfall(fp, s.path_mtu));
             let why_not = fp
                 .off
                 .clone()
+                .or(shortfall)
                 .or_else(|| {
                     health.map(|h| {
                         let state = format!("{:?}", h.state).to_lowercase();
@@ -924,6 +951,40 @@ impl Loop {
         info
     }
 
+    /// Why this router is not ready yet (see `Status::not_ready`), from its status.
+    fn not_ready(&self, st: &Status) -> Option<String> {
+        if !matches!(self.pods.gateway, Gateway::Ready(_)) {
+            return Some(format!(
+                "the node's pod gateway is not set up yet ({})",
+                ipam_summary_for_readiness(&st.ipam)
+            ));
+        }
+        if st.kube.as_ref().is_some_and(|k| !k.synced) {
+            return Some("the Kubernetes API caches are not synced yet".into());
+        }
+        // Peers we know of (configured, discovered, other Nodes) but not one connection: a
+        // router that cannot join the mesh (wrong password, unreachable, incompatible) must
+        // not let a rolling update move on to the next node.
+        let (established, _, _) = st.connection_counts();
+        let known = st
+            .connections
+            .iter()
+            .filter(|c| c.source != "inbound")
+            .count();
+        if established == 0 && known > 0 {
+            let why = st
+                .connections
+                .iter()
+                .find_map(|c| c.reason.clone())
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "no connection established to any of {known} known peers{why}"
+            ));
+        }
+        None
+    }
+
     fn update_metrics(&self, mesh: &Mesh, st: &Status) {
         let count = |s: ConnState| st.connections.iter().filter(|c| c.state == s).count() as i64;
         self.metrics.set_connection_counts(
@@ -944,6 +1005,13 @@ impl Loop {
 }
 
 /// The parts of the status that come from configuration; the loop adds the live view.
+fn ipam_summary_for_readiness(ipam: &IpamInfo) -> String {
+    match ipam.error.as_ref().or(ipam.problems.first()) {
+        Some(p) => p.clone(),
+        None => format!("waiting for an address block of {}", ipam.range),
+    }
+}
+
 fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -970,6 +1038,7 @@ fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
         endpoints: Vec::new(),
         policy: None,
         kube: None,
+        not_ready: None,
     }
 }
 

@@ -38,6 +38,32 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// ESP in transport mode with AES-GCM: SPI 4 + sequence 4 + IV 8 + padding/trailer up to 5
 /// + ICV 16 (the fastpath crate's figure).
 pub const ESP_OVERHEAD: u32 = 37;
+/// What a pod frame grows by on the fastpath's wire.
+pub fn wire_overhead(esp: bool) -> u32 {
+    VXLAN_OVERHEAD + if esp { ESP_OVERHEAD } else { 0 }
+}
+
+/// The largest pod MTU the fastpath can carry over an underlay path of `path_mtu` bytes.
+pub fn inner_mtu(path_mtu: u16, esp: bool) -> u32 {
+    u32::from(path_mtu).saturating_sub(wire_overhead(esp))
+}
+
+/// Why a peer cannot use the fastpath on account of its path MTU, if that is the case: the
+/// VXLAN device (and every heartbeat) carries frames of the pod MTU `mtu`, and with DF set
+/// anything bigger than the path is dropped, so a path that is too small is refused rather
+/// than allowed to black-hole full-size pod packets.
+pub fn mtu_shortfall(view: &FastpathView, path_mtu: u16) -> Option<String> {
+    let needed = view.mtu + view.overhead;
+    (view.off.is_none() && view.mtu > 0 && u32::from(path_mtu) < needed).then(|| {
+        format!(
+            "path MTU {path_mtu} cannot carry fastpath frames for pod MTU {} ({needed} bytes with \
+             encapsulation); --mtu {} or less would fit",
+            view.mtu,
+            inner_mtu(path_mtu, view.overhead > VXLAN_OVERHEAD)
+        )
+    })
+}
+
 /// Full reconcile even without a change (repairs entries changed under our feet).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
@@ -67,6 +93,8 @@ pub struct FastpathView {
     pub off: Option<String>,
     /// Inner (pod) MTU the VXLAN path carries.
     pub mtu: u32,
+    /// Bytes each pod frame grows by on the wire: VXLAN, plus ESP when encrypted.
+    pub overhead: u32,
     pub peers: HashMap<u64, PeerStatus>,
     /// Problems found in the gossiped input (bogus addresses, MAC conflicts), for humans.
     pub findings: Vec<String>,
@@ -109,22 +137,24 @@ impl Fastpath {
             }
         };
         if cfg.disabled {
+            remove_stale_device().await;
             return off("disabled (--no-fastpath)".into());
         }
         let caps = match tokio::task::spawn_blocking(weft_fastpath::detect_capabilities).await {
             Ok(c) => c,
             Err(e) => return off(format!("capability probe failed: {e}")),
         };
-        if !caps.vxlan.is_available() {
+        // Missing: the kernel refused a VXLAN link. Unknown (typically: no CAP_SYS_ADMIN for
+        // the probe's throwaway namespace): creating the real device below is the test.
+        if let weft_fastpath::Probe::Missing(_) = caps.vxlan {
+            remove_stale_device().await;
             return off(format!("kernel lacks VXLAN: {}", probe_detail(&caps.vxlan)));
         }
         let esp = caps.esp.is_available();
         if cfg.encrypted && !esp {
             // No device at all: a VXLAN port would take plaintext frames from anyone who
             // can send UDP to it, straight onto the pods' bridge.
-            if let Err(e) = weft_fastpath::remove_vxlan(VXLAN_IFNAME).await {
-                warn!(error = %e, "removing a VXLAN device left by an earlier run failed");
-            }
+            remove_stale_device().await;
             return off(format!(
                 "encryption required (ESP, IPsec): {}",
                 probe_detail(&caps.esp)
@@ -140,7 +170,14 @@ impl Fastpath {
         };
         let state = match weft_fastpath::setup_vxlan(&vx).await {
             Ok(s) => s,
-            Err(e) => return off(format!("VXLAN device setup failed: {e}")),
+            Err(e @ weft_fastpath::Error::Unsupported { .. }) => {
+                remove_stale_device().await;
+                return off(format!("kernel lacks VXLAN: {e}"));
+            }
+            Err(e) => {
+                remove_stale_device().await;
+                return off(format!("VXLAN device setup failed: {e}"));
+            }
         };
         let started = async {
             let nl = Netlink::current().map_err(|e| e.to_string())?;
@@ -161,8 +198,35 @@ impl Fastpath {
         .await;
         let (nl, ports, hb) = match started {
             Ok(x) => x,
-            Err(e) => return off(format!("fastpath setup failed: {e}")),
+            Err(e) => {
+                remove_stale_device().await;
+                return off(format!("fastpath setup failed: {e}"));
+            }
         };
+        // Encrypted: the port takes only what ESP decrypted (crate::vxlan_guard). Without
+        // the guard, plaintext VXLAN from a non-peer address would reach the pods: stay off.
+        let guarded = cfg.encrypted && esp;
+        let port = cfg.port;
+        let guard = tokio::task::spawn_blocking(move || {
+            if guarded {
+                crate::vxlan_guard::apply(port)
+            } else {
+                crate::vxlan_guard::remove()
+            }
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        match guard {
+            Ok(()) => {}
+            Err(e) if guarded => {
+                remove_stale_device().await;
+                return off(format!(
+                    "encryption required: cannot restrict the VXLAN port to ESP: {e:#}"
+                ));
+            }
+            Err(e) => debug!(error = %format!("{e:#}"), "no VXLAN guard table removed"),
+        }
         info!(
             device = VXLAN_IFNAME, port = cfg.port, mtu, df = ?state.df, esp,
             "fastpath ready: kernel VXLAN, switched per peer by heartbeats"
@@ -170,6 +234,7 @@ impl Fastpath {
         let view = Arc::new(Mutex::new(FastpathView {
             off: None,
             mtu,
+            overhead: wire_overhead(esp && cfg.encrypted),
             ..Default::default()
         }));
         let (tx, rx) = mpsc::channel(1024);
@@ -188,6 +253,7 @@ impl Fastpath {
             metrics,
             findings: Vec::new(),
             esp_installed: HashMap::new(),
+            esp_retiring: Vec::new(),
         };
         tokio::spawn(task.run(rx));
         Fastpath {
@@ -240,6 +306,10 @@ struct Task {
     findings: Vec<String>,
     /// ESP SAs installed, by peer: the connection whose keys they carry.
     esp_installed: HashMap<u64, (u64, EspPeer)>,
+    /// SAs and policies of peers that lost their last connection, removed only after an FDB
+    /// reconcile has taken the peer's MACs off VXLAN: removing the ESP policy first would
+    /// let frames still directed at the peer leave as plaintext VXLAN.
+    esp_retiring: Vec<(u64, EspPeer)>,
 }
 
 impl Task {
@@ -376,9 +446,7 @@ impl Task {
         let Some((conn, addr, esp)) = current else {
             self.health.remove_peer(peer);
             if let Some((_, sa)) = self.esp_installed.remove(&peer) {
-                if let Err(e) = xfrm::remove(&sa).await {
-                    warn!(peer = %pname(peer), error = %e, "fastpath: removing ESP SAs failed");
-                }
+                self.esp_retiring.push((peer, sa));
             }
             return;
         };
@@ -472,9 +540,42 @@ impl Task {
             self.findings = findings;
         }
         match fdb::reconcile(&self.nl, &self.ports, &plan.desired).await {
-            Ok(r) if r.total_changes() > 0 => debug!(report = ?r, "fastpath: FDB reconciled"),
-            Ok(_) => {}
+            Ok(r) if r.failed.is_empty() => {
+                if r.total_changes() > 0 {
+                    debug!(report = ?r, "fastpath: FDB reconciled");
+                }
+                self.retire_esp().await;
+            }
+            Ok(r) => warn!(report = ?r, "fastpath: the kernel refused FDB changes; retrying"),
             Err(e) => warn!(error = %e, "fastpath: FDB reconcile failed"),
+        }
+    }
+
+    /// Removes the ESP state of departed peers (see `esp_retiring`). A peer that has come back
+    /// since has new SAs under the same policies: then only its old SAs go.
+    async fn retire_esp(&mut self) {
+        for (peer, old) in std::mem::take(&mut self.esp_retiring) {
+            let r = match self.esp_installed.get(&peer) {
+                None => xfrm::remove(&old).await,
+                Some((_, new)) => {
+                    let mut r = Ok(());
+                    if old.spi_out != new.spi_out {
+                        r = r.and(xfrm::remove_sa(old.local, old.remote, old.spi_out).await);
+                    }
+                    if old.spi_in != new.spi_in {
+                        r = r.and(xfrm::remove_sa(old.remote, old.local, old.spi_in).await);
+                    }
+                    r
+                }
+            };
+            match r {
+                Ok(()) => {
+                    info!(peer = %pname(peer), "fastpath: ESP state of a departed peer removed")
+                }
+                Err(e) => {
+                    warn!(peer = %pname(peer), error = %e, "fastpath: removing ESP SAs failed")
+                }
+            }
         }
     }
 
@@ -520,6 +621,24 @@ fn describe(f: &Finding) -> String {
 }
 
 /// What a capability probe found, for status.
+/// With the fastpath off nothing manages a `weft-vxlan` device, so one left by an earlier run
+/// (with its sticky bridge entries and VXLAN destinations) would keep sending pod frames over
+/// an unwatched kernel path, unencrypted. Deleting the device removes its entries with it.
+async fn remove_stale_device() {
+    match weft_fastpath::remove_vxlan(VXLAN_IFNAME).await {
+        Ok(true) => info!(
+            device = VXLAN_IFNAME,
+            "removed the VXLAN device of an earlier run"
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "removing a VXLAN device left by an earlier run failed"),
+    }
+    // With no device there is no port to guard.
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(crate::vxlan_guard::remove).await {
+        debug!(error = %format!("{e:#}"), "no VXLAN guard table removed");
+    }
+}
+
 fn probe_detail(p: &weft_fastpath::Probe) -> String {
     match p {
         weft_fastpath::Probe::Available => "available".into(),
@@ -640,6 +759,30 @@ fn esp_peer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mtu_arithmetic_and_the_shortfall_reason() {
+        assert_eq!(inner_mtu(1500, false), 1450);
+        assert_eq!(inner_mtu(1500, true), 1413);
+        assert_eq!(inner_mtu(40, true), 0);
+        let mut v = FastpathView {
+            mtu: 1376,
+            overhead: wire_overhead(true),
+            ..Default::default()
+        };
+        // 1376 + 87 = 1463 fits a 1500 path, exactly fits 1463, not 1462.
+        assert_eq!(mtu_shortfall(&v, 1500), None);
+        assert_eq!(mtu_shortfall(&v, 1463), None);
+        let why = mtu_shortfall(&v, 1450).expect("1450 is too small");
+        assert!(why.contains("path MTU 1450"), "{why}");
+        assert!(why.contains("--mtu 1363 or less"), "{why}");
+        // Plain VXLAN needs only 50 bytes.
+        v.overhead = wire_overhead(false);
+        assert_eq!(mtu_shortfall(&v, 1450), None);
+        // With the fastpath off, the MTU is not the reason.
+        v.off = Some("disabled (--no-fastpath)".into());
+        assert_eq!(mtu_shortfall(&v, 1000), None);
+    }
 
     fn secrets() -> SessionSecrets {
         SessionSecrets {

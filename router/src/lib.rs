@@ -26,6 +26,8 @@ pub mod lab;
 pub mod masq;
 pub mod metrics;
 pub mod pods;
+pub mod startup;
 pub mod state;
 pub mod status;
 pub mod transport;
+pub mod vxlan_guard;

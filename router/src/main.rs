@@ -18,10 +18,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Router(args) if args.reset => weft::daemon::reset(&args).await,
-            Command::Router(args) => {
-                let cfg = weft::daemon::RouterConfig::from_args(&args)?;
-                weft::daemon::run(cfg).await
-            }
+            Command::Router(args) => weft::startup::run_router(&args).await,
             Command::Rmpeer(args) => weft::client::run_rmpeer(args).await,
             Command::Status(args) => weft::client::run_status(args).await,
             Command::Lab { cmd } => weft::lab::run(cmd).await,

@@ -7,8 +7,8 @@
 //!
 //! Routes ([`api_router`]): `GET /status` (text), `GET /status.json`, `GET /status/peers`,
 //! `GET /status/connections`, `GET /status/ipam` (text, or JSON with `?format=json` or
-//! `Accept: application/json`) and `GET /healthz`. The JSON field names are a contract
-//! (see the brief's "Interfaces"): keep them.
+//! `Accept: application/json`), `GET /healthz` (liveness) and `GET /readyz` (readiness).
+//! The JSON field names are a contract (see the brief's "Interfaces"): keep them.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -56,6 +56,11 @@ pub struct Status {
     /// without `--kube`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube: Option<crate::kube::KubeStatus>,
+    /// Why this router is not ready (`GET /readyz` answers 503 with it); absent when ready.
+    /// Not ready: waiting for the network password, the node's gateway not set up yet,
+    /// Kubernetes caches not synced, or peers known but no connection established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
 }
 
 /// One pod interface of the mesh, from the gossiped endpoint table.
@@ -246,6 +251,13 @@ impl Status {
                 format!("{} (protocol {})", self.version, self.protocol),
             ),
             ("Name", label(&self.name, &self.nickname)),
+            (
+                "Ready",
+                match &self.not_ready {
+                    None => "yes".to_string(),
+                    Some(why) => format!("no: {why}"),
+                },
+            ),
             ("UID", self.uid.clone()),
             ("Encryption", enabled(self.encryption).to_string()),
             ("Listen", self.listen.clone()),
@@ -510,6 +522,7 @@ pub fn api_router(status: StatusRx) -> Router {
         .route("/status/connections", get(status_connections))
         .route("/status/ipam", get(status_ipam))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(status)
 }
 
@@ -603,6 +616,31 @@ async fn healthz(State(rx): State<StatusRx>) -> Response {
         return not_ready();
     }
     (StatusCode::OK, "ok").into_response()
+}
+
+/// Readiness (the DaemonSet's readinessProbe): 200 once the router is part of the mesh and
+/// can set up pods, else 503 with the reason. Liveness stays on `/healthz`, which does not
+/// depend on peers or on the Kubernetes API.
+async fn readyz(State(rx): State<StatusRx>) -> Response {
+    if rx.has_changed().is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "weft router is shutting down\n",
+        )
+            .into_response();
+    }
+    let st = rx.borrow().clone();
+    if st.is_placeholder() {
+        return not_ready();
+    }
+    match &st.not_ready {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Serves `router` on a bound TCP listener until the listener fails.

@@ -303,10 +303,166 @@ async fn an_encrypted_mesh_never_sends_plaintext_vxlan() {
             Duration::from_secs(10)
         ));
         eprintln!("encrypted fastpath (ESP) up after {took:?}");
+        // The kernel holds both SAs and the policies that require ESP for VXLAN, on both.
+        for i in [1, 2] {
+            let ip = |what: &str| {
+                let out = Command::new("ip")
+                    .args(["-n", &lab.namespace(i), "xfrm", what])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).to_string()
+            };
+            let states = ip("state");
+            assert_eq!(states.matches("proto esp").count(), 2, "n{i}: {states}");
+            let policies = ip("policy");
+            for dir in ["dir out", "dir in"] {
+                assert!(policies.contains(dir), "n{i} {dir}: {policies}");
+            }
+            assert!(policies.contains("proto esp"), "n{i}: {policies}");
+            assert!(
+                !policies.contains("level use"),
+                "ESP is required: {policies}"
+            );
+        }
     } else {
         assert_eq!(c.path.as_deref(), Some("sleeve"), "{c:?}");
         let reason = c.reason.unwrap_or_default();
         assert!(reason.contains("ESP"), "status says why: {reason}");
         assert!(c.encrypted);
     }
+}
+
+/// The effective capability set of process `pid` (`CapEff` in /proc/PID/status).
+fn cap_eff(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = s
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_without_cap_sys_admin_use_the_fastpath() {
+    // The DaemonSet grants NET_ADMIN and NET_RAW only: the capability probe cannot make its
+    // throwaway namespace there, and that must not cost the fastpath.
+    if !prerequisites() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        panic!("setpriv (util-linux) is needed to drop CAP_SYS_ADMIN");
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("nosysadmin-{}", weft::lab::random_alnum(6)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrapper = dir.join("weft");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec setpriv --inh-caps -sys_admin --bounding-set -sys_admin {WEFT} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(WEFT_NET, dir.join("weft-net")).unwrap();
+
+    let id = format!("fc{}", weft::lab::random_alnum(5));
+    let guard = weft::lab::LabGuard::new(&id);
+    let mut opts = weft::lab::LabOptions::new(&id, 2, &wrapper);
+    opts.password = LabPassword::None;
+    opts.timeout = Duration::from_secs(20);
+    let lab = Lab::up(opts).await.expect("lab up");
+    let _g = guard;
+    for i in [1, 2] {
+        let pid = lab.pid(i).expect("router pid");
+        assert_eq!(
+            cap_eff(pid) & (1 << CAP_SYS_ADMIN),
+            0,
+            "router n{i} runs without CAP_SYS_ADMIN"
+        );
+    }
+    let p = pods(&lab);
+    for i in [1, 2] {
+        let took = wait_path(&lab, i, "fastpath", Duration::from_secs(10)).await;
+        assert!(
+            took.is_some(),
+            "node {i} on the fastpath without CAP_SYS_ADMIN: {:?}",
+            lab.status(i).await.ok().map(|s| s.connections)
+        );
+    }
+    assert!(ping_within(
+        &p.0[0].namespace,
+        &p.0[1].ip,
+        Duration::from_secs(5)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether namespace `ns` has a link named `name`.
+fn has_link(ns: &str, name: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "link", "show", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fastpath_removes_the_device_of_an_earlier_run() {
+    // A router restarted with --no-fastpath must not leave the previous run's VXLAN device
+    // and its FDB entries carrying pod frames with nobody watching the path.
+    if !prerequisites() {
+        return;
+    }
+    let (lab, _g) = lab_with("fn", 2, LabPassword::None, &[]).await;
+    let p = pods(&lab);
+    let n1 = lab.namespace(1);
+    assert!(wait_path(&lab, 1, "fastpath", Duration::from_secs(10))
+        .await
+        .is_some());
+    wait_fdb(&n1, &pod_mac(&p.0[1].namespace), Duration::from_secs(10)).await;
+    lab.stop_node(1).await.unwrap();
+    assert!(
+        has_link(&n1, "weft-vxlan"),
+        "a stopped router leaves its device"
+    );
+    lab.start_node(1, &["--no-fastpath".to_string()], None)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while has_link(&n1, "weft-vxlan") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the old VXLAN device is removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = Instant::now();
+    let reason = loop {
+        let c = lab
+            .status(1)
+            .await
+            .ok()
+            .and_then(|s| s.connections.into_iter().find(|c| c.peer.is_some()));
+        if let Some(c) = c.filter(|c| c.path.as_deref() == Some("sleeve")) {
+            break c.reason.unwrap_or_default();
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "n1 on the sleeve");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reason.contains("--no-fastpath"),
+        "status says why: {reason}"
+    );
+    assert!(ping_within(
+        &p.0[0].namespace,
+        &p.0[1].ip,
+        Duration::from_secs(10)
+    ));
 }

@@ -29,5 +29,7 @@ mod podman;
 mod pods;
 mod policy;
 mod sleeve;
+mod startup;
 mod status_api;
 mod transport;
+mod vxlan_guard;

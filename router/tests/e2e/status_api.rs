@@ -93,6 +93,7 @@ fn sample() -> Status {
         endpoints: Vec::new(),
         policy: None,
         kube: None,
+        not_ready: None,
     }
 }
 
@@ -328,6 +329,7 @@ async fn not_ready_until_published() {
     let addr = start_tcp(api_router(rx)).await;
     let url = format!("http://{addr}");
     assert_eq!(client::get(&url, "/healthz").await.unwrap().0, 503);
+    assert_eq!(client::get(&url, "/readyz").await.unwrap().0, 503);
     assert_eq!(client::get(&url, "/status.json").await.unwrap().0, 503);
     let err = client::run_status(StatusArgs {
         what: None,
@@ -343,6 +345,23 @@ async fn not_ready_until_published() {
         (200, "ok".to_string())
     );
     assert_eq!(client::get(&url, "/status").await.unwrap().0, 200);
+    assert_eq!(
+        client::get(&url, "/readyz").await.unwrap(),
+        (200, "ready\n".to_string())
+    );
+    // Alive but not ready: liveness stays 200, readiness says why.
+    let mut st = sample();
+    st.not_ready = Some("no connection established to any of 2 known peers".into());
+    tx.send(Arc::new(st)).unwrap();
+    assert_eq!(client::get(&url, "/healthz").await.unwrap().0, 200);
+    let (code, body) = client::get(&url, "/readyz").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("no connection established"), "{body}");
+    let text = client::get(&url, "/status").await.unwrap().1;
+    assert!(
+        text.contains("Ready: no: no connection established"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
