@@ -4,7 +4,8 @@
 //! ignored with a note. Every object stands alone: one that fails to parse or validate is
 //! rejected with its file, name and reason, and the rest are used.
 //!
-//! Parsing is pure ([`parse`]); [`read_dir`] is the thin I/O helper the router calls on change.
+//! Parsing is pure ([`parse`], [`LastGood::update`]); [`LastGood::read_dir`] is the thin I/O
+//! helper the router calls on change. [`LastGood`] keeps bad edits from opening the node.
 
 use crate::k8s;
 use crate::model::Cluster;
@@ -91,22 +92,127 @@ impl Manifests {
         }
     }
 
-    /// Adds the documents of one file (`name` is used in messages only).
-    pub fn add_file(&mut self, name: &str, text: &str) {
+    /// Adds the documents of one file (`name` is used in messages only). False when the file
+    /// has a syntax error: a syntax error ends the stream, so nothing after it was read.
+    pub fn add_file(&mut self, name: &str, text: &str) -> bool {
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             match serde_json::Value::deserialize(doc) {
                 Ok(v) => self.object(name, v),
                 Err(e) => {
-                    // A syntax error ends the stream: nothing after it in this file is read.
                     self.reject(
                         "(document)",
                         format!("{name} #{}", i + 1),
                         format!("{name}: {e}"),
                     );
-                    break;
+                    return false;
                 }
             }
         }
+        true
+    }
+
+    fn extend(&mut self, other: Manifests) {
+        self.cluster.namespaces.extend(other.cluster.namespaces);
+        self.cluster.pods.extend(other.cluster.pods);
+        self.cluster.policies.extend(other.cluster.policies);
+        self.rejected.extend(other.rejected);
+        self.ignored.extend(other.ignored);
+    }
+}
+
+/// What survives a bad edit, per file. A directory of manifests is edited by hand: a typo
+/// must not open the node. So:
+/// - a file that cannot be read or has a YAML syntax error keeps its previous content (the
+///   last that parsed) in force, and is reported;
+/// - a NetworkPolicy whose new version is invalid keeps its previous valid version in force
+///   (from the same file), and is reported; one without a previous version is rejected;
+/// - a file that is removed takes its objects with it, as does a policy removed from a file.
+#[derive(Debug, Default)]
+pub struct LastGood {
+    /// File name → its objects the last time it parsed whole (rejections and notes removed).
+    files: std::collections::BTreeMap<String, Manifests>,
+}
+
+impl LastGood {
+    /// The manifests of `files` (name, text or why it could not be read), each file held to
+    /// its last good content as described above. Files that are not given are forgotten.
+    pub fn update(&mut self, files: Vec<(String, Result<String, String>)>) -> Manifests {
+        let mut out = Manifests::default();
+        let mut seen = std::collections::BTreeMap::new();
+        for (name, text) in files {
+            let mut m = Manifests::default();
+            let whole = match &text {
+                Ok(t) => m.add_file(&name, t),
+                Err(e) => {
+                    m.reject("(file)", name.clone(), format!("{name}: {e}"));
+                    false
+                }
+            };
+            let previous = self.files.get(&name);
+            if !whole {
+                if let Some(prev) = previous {
+                    // Keep the last good content whole; report what is wrong now.
+                    let mut kept = prev.clone();
+                    for r in m.rejected.iter_mut().filter(|r| r.kind.starts_with('(')) {
+                        r.reason
+                            .push_str("; the file's previous content stays in force");
+                    }
+                    kept.rejected = m.rejected;
+                    out.extend(kept);
+                    seen.insert(name, prev.clone());
+                    continue;
+                }
+            }
+            // A policy edited into something invalid: its previous version stays.
+            if let Some(prev) = previous {
+                for r in m.rejected.iter_mut().filter(|r| r.kind == "NetworkPolicy") {
+                    let accepted_now = m.cluster.policies.iter().any(|p| p.key() == r.object);
+                    let before = prev.cluster.policies.iter().find(|p| p.key() == r.object);
+                    if let (false, Some(p)) = (accepted_now, before) {
+                        m.cluster.policies.push(p.clone());
+                        r.reason.push_str("; its previous version stays in force");
+                    }
+                }
+            }
+            if whole {
+                let mut good = m.clone();
+                good.rejected.clear();
+                good.ignored.clear();
+                seen.insert(name, good);
+            }
+            out.extend(m);
+        }
+        self.files = seen;
+        out
+    }
+
+    /// Reads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order,
+    /// through [`LastGood::update`].
+    pub fn read_dir(&mut self, dir: &Path) -> std::io::Result<Manifests> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+            })
+            .collect();
+        files.sort();
+        let files = files
+            .into_iter()
+            .map(|f| {
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let text = std::fs::read_to_string(&f).map_err(|e| e.to_string());
+                (name, text)
+            })
+            .collect();
+        Ok(self.update(files))
     }
 }
 
@@ -119,32 +225,10 @@ pub fn parse<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Manifes
     m
 }
 
-/// Reads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order.
+/// Reads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, in name order, with no
+/// memory of earlier reads (a watcher keeps a [`LastGood`] instead).
 pub fn read_dir(dir: &Path) -> std::io::Result<Manifests> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                )
-        })
-        .collect();
-    files.sort();
-    let mut m = Manifests::default();
-    for f in files {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match std::fs::read_to_string(&f) {
-            Ok(text) => m.add_file(&name, &text),
-            Err(e) => m.reject("(file)", name.clone(), format!("{name}: {e}")),
-        }
-    }
-    Ok(m)
+    LastGood::default().read_dir(dir)
 }
 
 #[cfg(test)]
@@ -229,6 +313,98 @@ metadata: {name: web, namespace: shop}
             m.ignored,
             vec!["a.yaml: apps/v1 Deployment shop/web".to_string()]
         );
+    }
+
+    const DENY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: shop}
+spec: {podSelector: {}, ingress: [{ports: [{protocol: TCP, port: 80}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: other, namespace: shop}
+spec: {podSelector: {}}
+"#;
+
+    fn update(lg: &mut LastGood, files: &[(&str, Result<&str, &str>)]) -> Manifests {
+        lg.update(
+            files
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.map(str::to_string).map_err(str::to_string)))
+                .collect(),
+        )
+    }
+
+    fn policy_ports(m: &Manifests, name: &str) -> Option<String> {
+        m.cluster
+            .policies
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| format!("{:?}", p.ingress))
+    }
+
+    #[test]
+    fn a_bad_edit_keeps_what_was_in_force() {
+        let mut lg = LastGood::default();
+        let good = update(&mut lg, &[("p.yaml", Ok(DENY))]);
+        assert_eq!(good.cluster.policies.len(), 2);
+        assert!(good.rejected.is_empty());
+        let before = policy_ports(&good, "deny").unwrap();
+
+        // One policy edited into an invalid one (lower-case protocol): its previous version
+        // stays, the other policy of the file takes its new content.
+        let bad_policy = DENY
+            .replace("protocol: TCP", "protocol: tcp")
+            .replace("{podSelector: {}}", "{podSelector: {matchLabels: {a: b}}}");
+        let m = update(&mut lg, &[("p.yaml", Ok(&bad_policy))]);
+        assert_eq!(policy_ports(&m, "deny").as_deref(), Some(before.as_str()));
+        assert_eq!(m.rejected.len(), 1, "{:?}", m.rejected);
+        assert!(
+            m.rejected[0]
+                .reason
+                .ends_with("its previous version stays in force"),
+            "{:?}",
+            m.rejected
+        );
+        let other = m
+            .cluster
+            .policies
+            .iter()
+            .find(|p| p.name == "other")
+            .unwrap();
+        assert!(
+            !other.pod_selector.match_labels.is_empty(),
+            "the valid edit is taken"
+        );
+
+        // A YAML syntax error: the file's last content that parsed (the edit above, with the
+        // kept version of `deny`) stays whole.
+        let m = update(&mut lg, &[("p.yaml", Ok("key: [unclosed"))]);
+        assert_eq!(m.cluster.policies.len(), 2, "{:?}", m.rejected);
+        assert!(m.rejected[0]
+            .reason
+            .ends_with("the file's previous content stays in force"));
+        // Unreadable: the same.
+        let m = update(&mut lg, &[("p.yaml", Err("Permission denied"))]);
+        assert_eq!(m.cluster.policies.len(), 2);
+        assert!(m.rejected[0].reason.contains("Permission denied"));
+
+        // Fixed: the new content, no rejections.
+        let m = update(&mut lg, &[("p.yaml", Ok(DENY))]);
+        assert_eq!(m.cluster.policies.len(), 2);
+        assert!(m.rejected.is_empty());
+        // Removed from the file, or the file removed: gone.
+        let only_other = DENY.split("---").nth(1).unwrap();
+        let m = update(&mut lg, &[("p.yaml", Ok(only_other))]);
+        assert_eq!(m.cluster.policies.len(), 1);
+        let m = update(&mut lg, &[]);
+        assert!(m.cluster.policies.is_empty());
+        // A new file that is broken from the start keeps nothing and is reported.
+        let m = update(&mut lg, &[("q.yaml", Ok(&bad_policy))]);
+        assert_eq!(m.cluster.policies.len(), 1, "only the valid one");
+        assert_eq!(m.rejected.len(), 1);
+        assert!(!m.rejected[0].reason.contains("stays in force"));
     }
 
     #[test]

@@ -85,7 +85,17 @@ pub fn ruleset(net: Ipv4Addr, len: u8) -> Nftables<'static> {
 /// Installs (or replaces) the masquerade table in the current network namespace.
 pub fn apply(net: Ipv4Addr, len: u8) -> anyhow::Result<()> {
     nftables::helper::apply_ruleset(&ruleset(net, len))
-        .map_err(|e| anyhow::anyhow!("applying the nftables table {TABLE}: {e}"))
+        .map_err(|e| anyhow::anyhow!("applying the nftables table {TABLE}: {}", nft_error(&e)))
+}
+
+/// An `nftables` helper error with what `nft` said (its Display form leaves stderr out).
+pub(crate) fn nft_error(e: &nftables::helper::NftablesError) -> String {
+    match e {
+        nftables::helper::NftablesError::NftFailed { stderr, .. } if !stderr.trim().is_empty() => {
+            format!("{e}: {}", stderr.trim())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Removes the table; nothing to remove is fine.
@@ -94,7 +104,7 @@ pub fn remove() -> anyhow::Result<()> {
     b.add(NfListObject::Table(table()));
     b.delete(NfListObject::Table(table()));
     nftables::helper::apply_ruleset(&b.to_nftables())
-        .map_err(|e| anyhow::anyhow!("removing the nftables table {TABLE}: {e}"))
+        .map_err(|e| anyhow::anyhow!("removing the nftables table {TABLE}: {}", nft_error(&e)))
 }
 
 #[cfg(test)]

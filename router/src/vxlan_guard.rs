@@ -9,6 +9,7 @@
 //! Heartbeats take that path too. The table is replaced in one transaction and removed
 //! whenever the fastpath runs without encryption or not at all.
 
+use crate::masq::nft_error;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
@@ -80,7 +81,7 @@ pub fn ruleset(port: u16) -> Nftables<'static> {
 /// Installs (or replaces) the guard in the current network namespace.
 pub fn apply(port: u16) -> anyhow::Result<()> {
     nftables::helper::apply_ruleset(&ruleset(port))
-        .map_err(|e| anyhow::anyhow!("applying the nftables table {TABLE}: {e}"))
+        .map_err(|e| anyhow::anyhow!("applying the nftables table {TABLE}: {}", nft_error(&e)))
 }
 
 /// Removes the guard; nothing to remove is fine.
@@ -89,5 +90,22 @@ pub fn remove() -> anyhow::Result<()> {
     b.add(NfListObject::Table(table()));
     b.delete(NfListObject::Table(table()));
     nftables::helper::apply_ruleset(&b.to_nftables())
-        .map_err(|e| anyhow::anyhow!("removing the nftables table {TABLE}: {e}"))
+        .map_err(|e| anyhow::anyhow!("removing the nftables table {TABLE}: {}", nft_error(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_transaction_with_the_port_and_the_ipsec_match() {
+        let r = ruleset(6785);
+        let json = serde_json::to_string(&r).unwrap();
+        eprintln!("{json}");
+        // add, delete, add table; chain; rule.
+        assert_eq!(r.objects.len(), 5);
+        assert!(json.contains("\"dport\""), "{json}");
+        assert!(json.contains("6785"), "{json}");
+        assert!(json.contains("\"drop\""), "{json}");
+    }
 }

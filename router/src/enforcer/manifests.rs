@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use weft_policy::manifests::LastGood;
 
 /// How often the directory is checked.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -56,9 +57,10 @@ pub fn fingerprint(dir: &Path) -> std::io::Result<Vec<FileStamp>> {
     Ok(out)
 }
 
-/// Reads the directory into an input (the I/O half of [`weft_policy::manifests`]).
-pub fn read(dir: &Path) -> std::io::Result<PolicyInput> {
-    let m = weft_policy::manifests::read_dir(dir)?;
+/// Reads the directory into an input (the I/O half of [`weft_policy::manifests`]); `memory`
+/// holds each file's last good content, so a bad edit keeps what was in force.
+pub fn read(dir: &Path, memory: &mut LastGood) -> std::io::Result<PolicyInput> {
+    let m = memory.read_dir(dir)?;
     Ok(PolicyInput::from_manifests(
         format!("manifests {}", dir.display()),
         m,
@@ -85,13 +87,14 @@ fn run(dir: &Path, tx: &watch::Sender<Option<Arc<PolicyInput>>>) {
         ..Default::default()
     };
     let mut last_error: Option<String> = None;
+    let mut memory = LastGood::default();
     while !tx.is_closed() {
-        let read_once = || -> std::io::Result<(Vec<FileStamp>, Option<PolicyInput>)> {
+        let mut read_once = || -> std::io::Result<(Vec<FileStamp>, Option<PolicyInput>)> {
             let stamp = fingerprint(dir)?;
             if last_stamp.as_ref() == Some(&stamp) {
                 return Ok((stamp, None));
             }
-            Ok((stamp, Some(read(dir)?)))
+            Ok((stamp, Some(read(dir, &mut memory)?)))
         };
         match read_once() {
             Ok((_, None)) => {}

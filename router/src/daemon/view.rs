@@ -1,0 +1,372 @@
+//! The status snapshot the router publishes: connections with their path, MTU and reason,
+//! peers, IPAM, readiness, and the metrics that follow from it.
+
+use super::*;
+
+impl Loop {
+    pub(super) fn status(&mut self, mesh: &mut Mesh, now: Instant) -> Status {
+        self.inbound_failures
+            .retain(|_, (_, t)| now.duration_since(*t) < INBOUND_FAILURE_TTL);
+        let me = mesh.identity().clone();
+        let encrypted = self.cfg.psk.is_some();
+        let mtu = self.cfg.mtu;
+        let sessions = self.dataplane.sessions_by_peer();
+        let fp = self.fastpath.view();
+        if !self.cfg.mtu_fixed {
+            // New pods get an MTU that fits every confirmed path (the sleeve answers bigger
+            // DF packets with ICMP "fragmentation needed" anyway).
+            // Both paths count: the sleeve's overhead is the larger today, but a pod may use
+            // either path to a peer over the same underlay path.
+            let fit = sessions
+                .values()
+                .filter(|s| s.confirmed)
+                .map(|s| {
+                    let vxlan = crate::fastpath::inner_mtu(
+                        s.path_mtu,
+                        fp.overhead > crate::fastpath::VXLAN_OVERHEAD,
+                    );
+                    u32::from(s.inner_mtu).min(if fp.off.is_none() { vxlan } else { u32::MAX })
+                })
+                .min()
+                .unwrap_or(mtu);
+            self.pods.mtu = mtu.min(fit).max(576);
+        }
+        let next_hops: HashMap<PeerName, PeerName> = mesh
+            .peers()
+            .into_iter()
+            .filter_map(|p| Some((p.name, p.next_hop?)))
+            .collect();
+        let mut connections: Vec<ConnInfo> = Vec::new();
+        let all = mesh.connections(now);
+        let established = || all.iter().filter(|c| c.state == TargetState::Established);
+        let connected: std::collections::BTreeSet<_> =
+            established().filter_map(|c| c.peer).collect();
+        let connected_addrs: std::collections::BTreeSet<_> =
+            established().map(|c| c.addr).collect();
+        for c in all {
+            // A second path to a peer we are connected to (a dial racing its inbound
+            // connection, another address of it): the duplicate is resolved by the mesh.
+            let duplicate = c.state != TargetState::Established
+                && (connected_addrs.contains(&c.addr)
+                    || c.peer.is_some_and(|p| connected.contains(&p)));
+            let state = match c.state {
+                _ if duplicate => continue,
+                TargetState::Established => ConnState::Established,
+                TargetState::Connecting => ConnState::Connecting,
+                TargetState::Failed => ConnState::Failed,
+                // Ourselves: nothing to show. An idle target of an unconnected peer waits
+                // for the connection limit: a failure to connect, with its reason.
+                TargetState::IsSelf => continue,
+                TargetState::Idle => ConnState::Failed,
+            };
+            let (path, path_mtu, path_reason) = self.path_of(&c, state, &sessions, &next_hops, &fp);
+            connections.push(ConnInfo {
+                peer: c.peer.map(|p| p.to_string()),
+                nickname: c.nickname.clone(),
+                address: c.addr.to_string(),
+                state,
+                outbound: c.outbound,
+                path,
+                encrypted: encrypted && (state == ConnState::Established || path_mtu.is_some()),
+                mtu: path_mtu.map_or(mtu, u32::from),
+                reason: c.reason.clone().or(path_reason),
+                attempts: c.attempts,
+                retry_in_ms: c.retry_in.map(|d| d.as_millis() as u64),
+                source: match c.source {
+                    TargetSource::Configured => "configured",
+                    TargetSource::Discovered => "discovered",
+                    TargetSource::Inbound => "inbound",
+                }
+                .to_string(),
+            });
+        }
+        for (addr, (reason, _)) in &self.inbound_failures {
+            connections.push(ConnInfo {
+                peer: None,
+                nickname: None,
+                address: addr.to_string(),
+                state: ConnState::Failed,
+                outbound: false,
+                path: None,
+                encrypted: false,
+                mtu,
+                reason: Some(reason.clone()),
+                attempts: 1,
+                retry_in_ms: None,
+                source: "inbound".to_string(),
+            });
+        }
+        let peers = mesh
+            .peers()
+            .into_iter()
+            .map(|p| PeerInfo {
+                name: p.name.to_string(),
+                nickname: p.nickname,
+                uid: p.uid.to_string(),
+                connections: p.connections,
+                reachable: p.reachable || p.name == me.name,
+                next_hop: p.next_hop.map(|n| n.to_string()),
+            })
+            .collect();
+        Status {
+            uptime_secs: now.duration_since(self.started).as_secs(),
+            peers,
+            connections,
+            ipam: self.ipam_info(mesh, now),
+            endpoints: mesh
+                .endpoints()
+                .into_iter()
+                .map(|(owner, e)| crate::status::EndpointInfo {
+                    owner: owner.to_string(),
+                    mac: e
+                        .mac
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                    ips: e.ips.iter().map(|i| i.to_string()).collect(),
+                    pod: e.pod,
+                })
+                .collect(),
+            ..base_status(&self.cfg, &self.transport)
+        }
+    }
+
+    /// The data path towards a connection's peer: the sleeve over this connection, a relay
+    /// through another peer when this connection is down, or none. Returns the path, its
+    /// inner MTU and why.
+    fn path_of(
+        &self,
+        c: &weft_gossip::ConnectionStatus,
+        state: ConnState,
+        sessions: &HashMap<u64, SessionInfo>,
+        next_hops: &HashMap<PeerName, PeerName>,
+        fp: &crate::fastpath::FastpathView,
+    ) -> (Option<String>, Option<u16>, Option<String>) {
+        let Some(peer) = c.peer else {
+            return (None, None, None);
+        };
+        if state == ConnState::Established {
+            let health = fp.peers.get(&peer.as_u64());
+            if let Some(h) = health.filter(|h| h.path == weft_fastpath::health::Path::Fastpath) {
+                let mtu = u16::try_from(fp.mtu).unwrap_or(u16::MAX);
+                return (Some("fastpath".into()), Some(mtu), Some(h.reason.clone()));
+            }
+            // Why not the fastpath: the whole node's reason, else a path too small for its
+            // frames, else this peer's health.
+            let shortfall = sessions
+                .get(&peer.as_u64())
+                .filter(|s| s.confirmed)
+                .and_then(|s| crate::fastpath::mtu_shortfall(fp, s.path_mtu));
+            let why_not = fp
+                .off
+                .clone()
+                .or(shortfall)
+                .or_else(|| {
+                    health.map(|h| {
+                        let state = format!("{:?}", h.state).to_lowercase();
+                        format!("fastpath {state}: {}", h.reason)
+                    })
+                })
+                .unwrap_or_else(|| "fastpath not probed yet".into());
+            return match sessions.get(&peer.as_u64()) {
+                Some(s) => (
+                    Some("sleeve".into()),
+                    Some(s.inner_mtu),
+                    Some(format!(
+                        "sleeve ({why_not}); path MTU {} {}",
+                        s.path_mtu,
+                        if s.confirmed {
+                            "confirmed"
+                        } else {
+                            "being probed"
+                        }
+                    )),
+                ),
+                None => (None, None, self.dataplane.unavailable.clone()),
+            };
+        }
+        match next_hops.get(&peer) {
+            Some(hop) if *hop != peer => {
+                let inner = sessions.get(&hop.as_u64()).map(|s| s.inner_mtu);
+                let why = format!("relayed through {hop}: no direct connection");
+                (Some("relay".into()), inner, Some(why))
+            }
+            _ => (None, None, None),
+        }
+    }
+
+    fn ipam_info(&self, mesh: &Mesh, now: Instant) -> IpamInfo {
+        let mut info = IpamInfo {
+            range: self.cfg.ipalloc_range.to_string(),
+            gateway: match &self.pods.gateway {
+                Gateway::Ready(n) | Gateway::Setting(n) => Some(n.to_string()),
+                Gateway::Failed(n, e) => Some(format!("{n} (not set: {e})")),
+                Gateway::Waiting(_) => None,
+            },
+            ..Default::default()
+        };
+        let st = match mesh.ipam_status(now) {
+            Ok(st) => st,
+            Err(e) => {
+                info.error = Some(e.to_string());
+                return info;
+            }
+        };
+        let nicknames: BTreeMap<_, _> = mesh
+            .peers()
+            .into_iter()
+            .map(|p| (p.name, p.nickname))
+            .collect();
+        let label = |n: weft_gossip::PeerName| match nicknames.get(&n) {
+            Some(nick) => format!("{n}({nick})"),
+            None => n.to_string(),
+        };
+        info.block_size = st.block_size;
+        info.blocks_total = st.blocks_total;
+        info.blocks_free = st.blocks_free;
+        info.used = st.ours.used;
+        info.free = st.ours.free;
+        let cidrs = |v: &[ipnet::Ipv4Net]| v.iter().map(|n| n.to_string()).collect();
+        info.peers = st
+            .peers
+            .iter()
+            .map(|p| IpamPeerInfo {
+                name: p.name.to_string(),
+                nickname: p.nickname.clone(),
+                blocks: cidrs(&p.blocks),
+                pending: cidrs(&p.pending),
+                addresses: p.addresses,
+                reachable: p.reachable || p.is_self,
+            })
+            .collect();
+        info.unreachable_owners = st.unreachable_owners.iter().map(|n| label(*n)).collect();
+        info.removed = st.removed.iter().map(|n| n.to_string()).collect();
+        for c in &st.conflicts {
+            info.problems.push(format!(
+                "{} still holds {} address(es) in block {} now owned by {}",
+                label(c.holder),
+                c.addresses.len(),
+                c.block,
+                c.owner.map_or("nobody".to_string(), label)
+            ));
+        }
+        for m in &st.mismatched {
+            info.problems.push(format!(
+                "{} uses range {} with /{} blocks; this router uses {}",
+                label(m.peer),
+                m.range,
+                m.block_prefix_len,
+                st.range
+            ));
+        }
+        for (block, peer) in &st.ours.contested {
+            info.problems.push(format!(
+                "block {block} of this node's pod CIDR is also claimed by {}: an address may be handed out twice",
+                label(*peer)
+            ));
+        }
+        if !st.ours.duplicates.is_empty() {
+            info.problems.push(format!(
+                "addresses held twice after a partition: {:?}",
+                st.ours.duplicates
+            ));
+        }
+        if st.ours.exhausted {
+            info.problems
+                .push("the range is exhausted: new pods cannot get an address".to_string());
+        }
+        info
+    }
+
+    /// Why this router is not ready yet (see `Status::not_ready`), from its status.
+    pub(super) fn not_ready(&self, st: &Status) -> Option<String> {
+        if !matches!(self.pods.gateway, Gateway::Ready(_)) {
+            return Some(format!(
+                "the node's pod gateway is not set up yet ({})",
+                ipam_summary_for_readiness(&st.ipam)
+            ));
+        }
+        if st.kube.as_ref().is_some_and(|k| !k.synced) {
+            return Some("the Kubernetes API caches are not synced yet".into());
+        }
+        // Peers we know of (configured, discovered, other Nodes) but not one connection: a
+        // router that cannot join the mesh (wrong password, unreachable, incompatible) must
+        // not let a rolling update move on to the next node.
+        let (established, _, _) = st.connection_counts();
+        let known = st
+            .connections
+            .iter()
+            .filter(|c| c.source != "inbound")
+            .count();
+        if established == 0 && known > 0 {
+            let why = st
+                .connections
+                .iter()
+                .find_map(|c| c.reason.clone())
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "no connection established to any of {known} known peers{why}"
+            ));
+        }
+        None
+    }
+
+    pub(super) fn update_metrics(&self, mesh: &Mesh, st: &Status) {
+        let count = |s: ConnState| st.connections.iter().filter(|c| c.state == s).count() as i64;
+        self.metrics.set_connection_counts(
+            count(ConnState::Established),
+            count(ConnState::Connecting),
+            count(ConnState::Failed),
+        );
+        self.metrics.set_peers(st.peers.len() as i64);
+        // The sleeve counters are read at every scrape (Metrics::watch_sleeve).
+        let s = mesh.stats();
+        self.metrics.set_gossip_totals(
+            s.bytes_sent,
+            s.messages_sent,
+            s.bytes_received,
+            s.messages_received,
+        );
+    }
+}
+
+/// What readiness says while the pod gateway is missing.
+fn ipam_summary_for_readiness(ipam: &IpamInfo) -> String {
+    match ipam.error.as_ref().or(ipam.problems.first()) {
+        Some(p) => p.clone(),
+        None => format!("waiting for an address block of {}", ipam.range),
+    }
+}
+
+/// The parts of the status that come from configuration; the loop adds the live view.
+pub(super) fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        name: cfg.identity.name.to_string(),
+        nickname: cfg.identity.nickname.clone(),
+        uid: cfg.identity.uid.to_string(),
+        encryption: cfg.psk.is_some(),
+        protocol: weft_gossip::PROTOCOL_VERSION,
+        listen: t.local_addr().to_string(),
+        uptime_secs: 0,
+        conn_limit: cfg.mesh.conn_limit,
+        discovery: cfg.mesh.discovery,
+        targets: cfg
+            .peers
+            .iter()
+            .map(|p| format!("{}:{}", p.host, p.port))
+            .collect(),
+        peers: Vec::new(),
+        connections: Vec::new(),
+        ipam: IpamInfo {
+            range: cfg.ipalloc_range.to_string(),
+            ..Default::default()
+        },
+        endpoints: Vec::new(),
+        policy: None,
+        kube: None,
+        not_ready: None,
+    }
+}
