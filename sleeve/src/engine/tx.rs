@@ -26,6 +26,9 @@ pub(crate) struct Sender {
     seen: u64,
     outs: HashMap<u64, Out>,
     icmp: Vec<u8>,
+    /// The last drain read at most one frame: traffic is sparse, so the next drain sends
+    /// its first frame at once instead of after the read that finds the TAP empty.
+    sparse: bool,
 }
 
 impl Sender {
@@ -37,6 +40,7 @@ impl Sender {
             seen: 0,
             outs: HashMap::new(),
             icmp: Vec::with_capacity(256),
+            sparse: true,
         }
     }
 
@@ -225,13 +229,22 @@ impl Sender {
 
 /// Reads up to [`READ_BATCH`] frames from the TAP (without blocking) and sends them.
 /// The caller holds `Shared::tap_reader`. Returns how many frames were read.
+///
+/// Under load the frames of one drain go out together (one GSO send per next hop). When
+/// the previous drain found a single frame, the first frame is sent as soon as it is read:
+/// at low load the read that finds the TAP empty would otherwise sit between a pod's packet
+/// and the wire (one syscall, 8-18 µs on the benchmark VM, twice per round trip).
 pub(crate) fn drain_tap(s: &mut Sender, tap: &Tap, buf: &mut [u8], now: Instant) -> usize {
     let mut n_read = 0;
+    let send_first = s.sparse;
     while n_read < READ_BATCH {
         match tap.read(buf) {
             Ok(n) => {
                 n_read += 1;
                 s.frame(tap, &buf[..n], now);
+                if send_first && n_read == 1 {
+                    s.flush(now);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -242,6 +255,7 @@ pub(crate) fn drain_tap(s: &mut Sender, tap: &Tap, buf: &mut [u8], now: Instant)
         }
     }
     s.flush(now);
+    s.sparse = n_read <= 1;
     n_read
 }
 
