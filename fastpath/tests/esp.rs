@@ -7,7 +7,7 @@
 //! cargo test -p weft-fastpath --test esp --no-run   # note the binary path
 //! ../shared/vm/run-in-vm.sh -- target/debug/deps/esp-XXXX --nocapture --test-threads 1
 //! ```
-//! Needs root.
+//! (`scripts/test.sh` does this on every run, with the release build.) Needs root.
 
 mod common;
 mod twonode;

@@ -466,3 +466,32 @@ async fn no_fastpath_removes_the_device_of_an_earlier_run() {
         Duration::from_secs(10)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_without_vxlan_is_reported_and_the_sleeve_carries_pods() {
+    // Runs where the kernel refuses VXLAN links: in CI's VM with the module blocked
+    // (scripts/test.sh, `install vxlan /bin/false`); elsewhere it says so and returns.
+    if !prerequisites() {
+        return;
+    }
+    let caps = weft_fastpath::detect_capabilities();
+    if !matches!(caps.vxlan, weft_fastpath::Probe::Missing(_)) {
+        eprintln!("skipping: this kernel has VXLAN ({:?})", caps.vxlan);
+        return;
+    }
+    let (lab, _g) = lab_with("fx", 2, LabPassword::None, &[]).await;
+    let p = pods(&lab);
+    assert!(ping_within(
+        &p.0[0].namespace,
+        &p.0[1].ip,
+        Duration::from_secs(10)
+    ));
+    let c = lab.status(1).await.unwrap().connections[0].clone();
+    assert_eq!(c.path.as_deref(), Some("sleeve"), "{c:?}");
+    let reason = c.reason.unwrap_or_default();
+    assert!(
+        reason.contains("kernel lacks VXLAN"),
+        "status says why: {reason}"
+    );
+    assert!(!has_link(&lab.namespace(1), "weft-vxlan"));
+}
