@@ -240,6 +240,7 @@ impl Fastpath {
         let (tx, rx) = mpsc::channel(1024);
         let switched = Arc::new(tokio::sync::Notify::new());
         let task = Task {
+            vx: vx.clone(),
             switched: switched.clone(),
             health: Health::new(HealthConfig::default(), crate::identity::os_random_u64()),
             cfg,
@@ -293,6 +294,8 @@ struct ConnEntry {
 
 struct Task {
     cfg: FastpathConfig,
+    /// The device's settings, to make it again if it disappears.
+    vx: VxlanConfig,
     esp: bool,
     health: Health,
     nl: Netlink,
@@ -507,7 +510,53 @@ impl Task {
         });
     }
 
+    /// Makes the VXLAN device again when it was deleted or replaced under us: its ports'
+    /// indexes and the heartbeat socket bound to it would otherwise be dead for good, and
+    /// every peer stuck on the sleeve. Heartbeats then bring the peers back (within 10 s).
+    async fn ensure_device(&mut self) {
+        match self.nl.link(VXLAN_IFNAME).await {
+            Ok(Some(l)) if l.index == self.ports.vxlan => return,
+            Ok(found) => warn!(
+                device = VXLAN_IFNAME,
+                now = ?found.map(|l| l.index),
+                was = self.ports.vxlan,
+                "fastpath: the VXLAN device was removed or replaced; making it again"
+            ),
+            Err(e) => {
+                warn!(error = %e, "fastpath: cannot look up the VXLAN device");
+                return;
+            }
+        }
+        let rebuilt = async {
+            weft_fastpath::setup_vxlan(&self.vx)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ports = FdbPorts::lookup(&self.nl, &self.cfg.bridge, VXLAN_IFNAME, &self.cfg.tap)
+                .await
+                .map_err(|e| e.to_string())?;
+            let hb = HeartbeatSocket::open(
+                VXLAN_IFNAME,
+                self.cfg.me.as_u64(),
+                crate::dataplane::mac_of(self.cfg.me),
+                self.vx.mtu,
+            )
+            .and_then(AsyncHeartbeatSocket::new)
+            .map_err(|e| format!("heartbeat socket: {e}"))?;
+            Ok::<_, String>((ports, hb))
+        }
+        .await;
+        match rebuilt {
+            Ok((ports, hb)) => {
+                self.ports = ports;
+                self.hb = Arc::new(hb);
+                info!(device = VXLAN_IFNAME, "fastpath: VXLAN device made again");
+            }
+            Err(e) => warn!(error = %e, "fastpath: making the VXLAN device again failed; retrying"),
+        }
+    }
+
     async fn reconcile(&mut self, _now: Instant) {
+        self.ensure_device().await;
         let me = self.cfg.me.as_u64();
         let mut peers: BTreeMap<u64, PeerInput> = BTreeMap::new();
         for p in self.health.peers().collect::<Vec<_>>() {

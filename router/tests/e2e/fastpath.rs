@@ -495,3 +495,51 @@ async fn a_kernel_without_vxlan_is_reported_and_the_sleeve_carries_pods() {
     );
     assert!(!has_link(&lab.namespace(1), "weft-vxlan"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vxlan_device_deleted_under_the_router_is_made_again() {
+    if !prerequisites() {
+        return;
+    }
+    let (lab, _g) = lab_with("fd", 2, LabPassword::None, &[]).await;
+    let p = pods(&lab);
+    let n1 = lab.namespace(1);
+    assert!(wait_path(&lab, 1, "fastpath", Duration::from_secs(10))
+        .await
+        .is_some());
+    let remote_mac = pod_mac(&p.0[1].namespace);
+    wait_fdb(&n1, &remote_mac, Duration::from_secs(10)).await;
+    let ok = Command::new("ip")
+        .args(["-n", &n1, "link", "del", "weft-vxlan"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "deleting the device");
+    let t = Instant::now();
+    // Heartbeats stop at once: the peer goes to the sleeve, and pods keep talking.
+    assert!(wait_path(&lab, 1, "sleeve", Duration::from_secs(5))
+        .await
+        .is_some());
+    assert!(ping_within(
+        &p.0[0].namespace,
+        &p.0[1].ip,
+        Duration::from_secs(5)
+    ));
+    // The next reconcile (at most 10 s) makes the device again; heartbeats bring it back.
+    let back = wait_path(&lab, 1, "fastpath", Duration::from_secs(25)).await;
+    assert!(
+        back.is_some(),
+        "back on the fastpath: {:?}",
+        lab.status(1).await.ok().map(|s| s.connections)
+    );
+    assert!(has_link(&n1, "weft-vxlan"));
+    wait_fdb(&n1, &remote_mac, Duration::from_secs(10)).await;
+    eprintln!(
+        "device deleted: back on the fastpath after {:?}",
+        t.elapsed()
+    );
+    assert!(ping_within(
+        &p.0[0].namespace,
+        &p.0[1].ip,
+        Duration::from_secs(5)
+    ));
+}

@@ -6,8 +6,9 @@
 //! Node's `spec.podCIDR`, show the `kube` status section; pods on the two nodes ping each
 //! other; a NetworkPolicy created in the API blocks them, and deleting it lets them through
 //! again; a deleted Node's space is left alone while its router runs and reclaimed by the
-//! survivor once it has stopped; a router restarted while the API server is down serves pods
-//! from the podCIDR in its peer cache.
+//! survivor once it has stopped; a router restarted (an upgrade) rejoins, becomes ready and its
+//! pod is reachable again; a router restarted while the API server is down serves pods from
+//! the podCIDR in its peer cache.
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
 use crate::common;
@@ -463,6 +464,36 @@ async fn routers_from_nodes_pod_cidrs_condition_and_reclaim() {
     .await
     .unwrap();
     assert!(ok, "pod-b unreachable after its policy was deleted");
+
+    // A rolling restart, as an upgrade does it: node-b's router stops and starts again. Its
+    // pod keeps its interface and address (the state dir), the router rejoins the mesh and
+    // reports ready, and pod-a reaches pod-b again.
+    env.stop_router("node-b");
+    let t = Instant::now();
+    env.start_router(&nb, "node-b", pb);
+    wait_status(&sb, 30, "node-b ready again after its restart", |st| {
+        st["not_ready"].is_null()
+            && st["connections"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["state"] == "established"))
+    })
+    .await;
+    assert_eq!(
+        get(&sb, "/readyz").await.map(|(code, _)| code),
+        Some(200),
+        "readiness after the restart"
+    );
+    let podns_a = pods[0].0.clone();
+    let ok = tokio::task::spawn_blocking(move || {
+        ping_within(&podns_a, "10.32.2.2", Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "pod-b unreachable after its router restarted");
+    eprintln!(
+        "node-b restarted: ready and reachable after {:?}",
+        t.elapsed()
+    );
 
     // each router's IPAM shows the other's podCIDR as its blocks
     let st = status(&sa).await.unwrap();
