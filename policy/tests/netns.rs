@@ -3,12 +3,16 @@
 //! tables (plus one outside address) are namespaces on veths, split across the nodes so
 //! both bridged same-node traffic and traffic arriving from the overlay are exercised. Each
 //! node applies the ruleset for its own pods with real `nft`; real TCP and UDP probes give the
-//! observed matrix, compared with the compiled policy's. Needs root.
+//! observed matrix, compared with the compiled policy's: every truth-table scenario and a
+//! dozen seeded generated policy sets. Needs root.
 
 mod common;
 
+use common::generate::gen_policy;
 use common::scenarios::scenarios;
 use common::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
@@ -21,6 +25,8 @@ use weft_policy::render::{LogSettings, Ruleset};
 use weft_policy::{Compiled, Direction, Enforcer, Nft};
 
 const TIMEOUT: Duration = Duration::from_millis(700);
+/// Generated policy sets probed end to end (each about a second).
+const GENERATED: usize = 12;
 /// TCP and UDP probes (SCTP sockets are not in this kernel; SCTP is covered by the tables).
 const NET_PROBES: [(&str, u16); 5] = [
     ("TCP", 80),
@@ -396,27 +402,21 @@ fn observed_matrices_match_the_compiled_policy() {
     // Warm-up (ARP, FDB), then everything must connect.
     let _ = lab.probe_all();
     compare(&lab, "no policy", &none);
-    let wanted = [
-        "default-deny-ingress",
-        "default-deny-egress",
-        "pod and namespace selector combined in one peer",
-        "pod and namespace selector as two peers",
-        "ipBlock with except",
-        "egress to the outside only (ipBlock 0.0.0.0/0 except the pods)",
-        "named port resolves per destination pod",
-        "egress to a named port of other pods",
-        "endPort range",
-        "multiple policies are additive",
-        "both egress of the source and ingress of the destination must allow",
-        "ipBlock except holds a pod that another peer selects: the peers are ORed",
-        "an address in one ipBlock's except and inside another ipBlock is admitted",
-    ];
     let mut modes = Vec::new();
-    for (name, policies, _) in scenarios().into_iter().filter(|s| wanted.contains(&s.0)) {
+    // Every truth-table scenario, then seeded generated sets (as in truth.rs).
+    for (name, policies, _) in scenarios() {
         let (c, rejected) = compile(&policies);
-        assert_eq!(rejected, 0);
+        assert_eq!(rejected, 0, "{name}");
         modes.extend(apply_all(&lab, &mut enf, &c));
         compare(&lab, name, &c);
+    }
+    let mut r = ChaCha8Rng::seed_from_u64(0x5eed7);
+    for case in 0..GENERATED {
+        let n = r.random_range(1..=4);
+        let policies: Vec<Value> = (0..n).map(|i| gen_policy(&mut r, i)).collect();
+        let (c, _) = compile(&policies);
+        modes.extend(apply_all(&lab, &mut enf, &c));
+        compare(&lab, &format!("generated case {case}: {policies:?}"), &c);
     }
     // A change of peers only (a pod relabelled, so that it now matches a selector) goes in
     // as an element update of the shared peer set.

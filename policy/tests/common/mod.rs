@@ -4,6 +4,7 @@
 //! Kubernetes JSON, written independently of the crate's model and compiler.
 #![allow(dead_code)]
 
+pub mod generate;
 pub mod scenarios;
 
 use serde_json::{json, Value};
