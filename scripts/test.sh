@@ -110,7 +110,11 @@ if [ "$fuzz_secs" -gt 0 ]; then
   step "fuzz smoke (${fuzz_secs}s per target)"
   command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
   for t in $(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="$fuzz_secs" 2>&1 | tail -n 3)
+    # Seeds (fuzz/seeds/TARGET, in git) join the working corpus (fuzz/corpus/TARGET, not in
+    # git), which is listed first so that libFuzzer writes what it finds there.
+    seeds=()
+    if [ -d "fuzz/seeds/$t" ]; then mkdir -p "fuzz/corpus/$t"; seeds=("corpus/$t" "seeds/$t"); fi
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "${seeds[@]}" -- -max_total_time="$fuzz_secs" 2>&1 | tail -n 3)
   done
 fi
 

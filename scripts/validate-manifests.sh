@@ -9,13 +9,13 @@
 #
 # Needs python3 with venv and network access to PyPI on the first run (Debian: apt-get
 # install python3-venv). The venv is kept in target/manifest-venv (WEFT_VALIDATE_VENV).
-# WEFT_KUBE_VERSIONS overrides the Kubernetes versions ("1.33.0 1.35.0 1.37.0").
+# WEFT_KUBE_VERSIONS overrides the Kubernetes versions ("1.33.0 1.34.0 1.35.0 1.36.0 1.37.0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KV_VERSION=1.37.0
 # The oldest is the API the router is built against (k8s-openapi feature v1_33).
-VERSIONS=${WEFT_KUBE_VERSIONS:-"1.33.0 1.35.0 1.37.0"}
+VERSIONS=${WEFT_KUBE_VERSIONS:-"1.33.0 1.34.0 1.35.0 1.36.0 1.37.0"}
 VENV=${WEFT_VALIDATE_VENV:-target/manifest-venv}
 
 if ! "$VENV/bin/python" -c "import kubernetes_validate, yaml" 2>/dev/null \

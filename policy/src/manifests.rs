@@ -315,6 +315,27 @@ metadata: {name: web, namespace: shop}
         );
     }
 
+    /// The fuzz target `policy_manifests` starts from these seeds; they must stay valid, or
+    /// the fuzzer spends its time on text the parser rejects at the first line.
+    #[test]
+    fn the_fuzz_seeds_parse_without_rejections() {
+        let m = parse([
+            (
+                "shop.yaml",
+                include_str!("../../fuzz/seeds/policy_manifests/shop.yaml"),
+            ),
+            (
+                "list.json",
+                include_str!("../../fuzz/seeds/policy_manifests/list.json"),
+            ),
+        ]);
+        assert!(m.rejected.is_empty(), "{:#?}", m.rejected);
+        assert_eq!(m.cluster.namespaces.len(), 3);
+        assert_eq!(m.cluster.pods.len(), 5);
+        assert_eq!(m.cluster.policies.len(), 3);
+        assert!(m.cluster.pods.iter().all(|p| !p.ips.is_empty()));
+    }
+
     const DENY: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy

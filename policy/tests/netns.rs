@@ -24,6 +24,18 @@ use weft_policy::nflog::NflogReader;
 use weft_policy::render::{LogSettings, Ruleset};
 use weft_policy::{Compiled, Direction, Enforcer, Nft};
 
+/// Returns from the test (with a message) unless running as root: these tests make network
+/// namespaces, links and nftables tables.
+macro_rules! require_root {
+    () => {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (network namespaces, links, nftables)");
+            return;
+        }
+    };
+}
+
 const TIMEOUT: Duration = Duration::from_millis(700);
 /// Generated policy sets probed end to end (each about a second).
 const GENERATED: usize = 12;
@@ -395,6 +407,7 @@ fn compare(lab: &Lab, case: &str, c: &Compiled) {
 
 #[test]
 fn observed_matrices_match_the_compiled_policy() {
+    require_root!();
     let lab = Lab::new("m");
     let mut enf = lab.enforcers();
     let (none, _) = compile(&[]);
@@ -451,6 +464,7 @@ fn deny(ns: &str, types: Value) -> Vec<Value> {
 
 #[test]
 fn latency_logging_counters_node_traffic_and_failed_apply() {
+    require_root!();
     let lab = Lab::new("d");
     let mut enf = lab.enforcers();
     let eps = endpoints();
@@ -599,6 +613,7 @@ fn latency_logging_counters_node_traffic_and_failed_apply() {
 /// IPv4) is valid nft, whole and as an element update, and its IPv6 sets hold the pods'.
 #[test]
 fn dual_stack_table_is_accepted_by_nft() {
+    require_root!();
     let ns = format!("wp{}v6", std::process::id());
     run(&["ip", "netns", "add", &ns]);
     struct Del(String);

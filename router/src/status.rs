@@ -45,6 +45,11 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     pub connections: Vec<ConnInfo>,
     pub ipam: IpamInfo,
+    /// The MTU a pod created now gets: `--mtu`, lowered (unless `--mtu` was given) to fit
+    /// every confirmed path to a peer, sleeve and fastpath overheads included. 0 while the
+    /// router is not running the mesh.
+    #[serde(default)]
+    pub pod_mtu: u32,
     /// The gossiped endpoint (MAC) table: every pod interface in the mesh.
     #[serde(default)]
     pub endpoints: Vec<EndpointInfo>,
@@ -273,6 +278,14 @@ impl Status {
             ("Targets", targets),
             ("Connections", conn_summary),
             ("Conn limit", self.conn_limit.to_string()),
+            (
+                "Pod MTU",
+                if self.pod_mtu == 0 {
+                    "-".to_string()
+                } else {
+                    self.pod_mtu.to_string()
+                },
+            ),
             ("Discovery", enabled(self.discovery).to_string()),
             ("IPAM", ipam_summary(&self.ipam)),
             (

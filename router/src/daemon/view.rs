@@ -113,6 +113,7 @@ impl Loop {
             peers,
             connections,
             ipam: self.ipam_info(mesh, now),
+            pod_mtu: self.pods.mtu,
             endpoints: mesh
                 .endpoints()
                 .into_iter()
@@ -364,6 +365,7 @@ pub(super) fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
             range: cfg.ipalloc_range.to_string(),
             ..Default::default()
         },
+        pod_mtu: cfg.mtu,
         endpoints: Vec::new(),
         policy: None,
         kube: None,

@@ -81,7 +81,7 @@ pub async fn next_view(k: &mut Option<KubeDriver>) {
 }
 
 impl KubeDriver {
-    /// Builds the client (in-cluster, else kubeconfig) and starts the watches. Fails only
+    /// Builds the client (kubeconfig if present, else in-cluster) and starts the watches. Fails only
     /// without any configuration: an unreachable API server shows in status and logs.
     pub async fn start(cfg: DriverConfig) -> Result<KubeDriver, KubeError> {
         let client = super::client().await?;

@@ -92,7 +92,8 @@ pub fn node_name_from(v: Option<String>) -> Result<String, KubeError> {
     }
 }
 
-/// A client from the in-cluster service account, else from the kubeconfig. Does not
+/// A client from the kubeconfig (`KUBECONFIG` or `~/.kube/config`) if there is one, else
+/// from the in-cluster service account (kube's `Config::infer` order). Does not
 /// contact the server: an unreachable API server shows up later, in status and logs.
 pub async fn client() -> Result<Client, KubeError> {
     let cfg = kube::Config::infer()

@@ -76,9 +76,12 @@ async fn encrypted_mesh_forms_and_reports_the_contract_fields() {
             "peers",
             "connections",
             "ipam",
+            "pod_mtu",
         ] {
             assert!(json.get(k).is_some(), "n{i}: /status.json lacks {k}");
         }
+        let pod_mtu = json["pod_mtu"].as_u64().unwrap();
+        assert!((576..=1376).contains(&pod_mtu), "n{i}: pod_mtu {pod_mtu}");
         let c0 = &json["connections"][0];
         for k in [
             "peer",

@@ -211,6 +211,19 @@ async fn tcp_passes_an_mtu_black_hole() {
     )
     .await
     .unwrap();
+    // Status says what a pod created now gets: the confirmed path's MTU, below the hole.
+    for i in 1..=2 {
+        let st = lab.status(i).await.unwrap();
+        let path = st
+            .connections
+            .iter()
+            .filter(|c| c.path.as_deref() == Some("sleeve"))
+            .map(|c| c.mtu)
+            .min()
+            .unwrap();
+        assert_eq!(st.pod_mtu, path, "n{i}: pod MTU follows the path MTU");
+        assert!(st.pod_mtu + 111 <= 1300, "n{i}: {}", st.pod_mtu);
+    }
     assert!(ping_within(&a.namespace, &b.ip, Duration::from_secs(5)));
     // The pods were created with MTU 1376: TCP must learn the smaller size from our ICMP.
     let gbps = transfer(&lab, b, a, 8 << 20).await;

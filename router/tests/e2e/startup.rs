@@ -38,7 +38,7 @@ async fn wait_readyz(lab: &Lab, i: usize, want: u16, limit: Duration) -> String 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blank_password_file_is_waited_for_not_fatal() {
+async fn a_blank_or_missing_password_file_is_waited_for_not_fatal() {
     if !prerequisites() {
         return;
     }
@@ -90,8 +90,30 @@ async fn a_blank_password_file_is_waited_for_not_fatal() {
         "{answer}"
     );
 
-    // The Secret is fixed: the router starts the mesh by itself and becomes ready.
+    // The Secret is deleted (an optional Secret volume: the file disappears): still up,
+    // still waiting, and the reason follows.
     let file = lab.dir().join("n1.password");
+    std::fs::remove_file(&file).unwrap();
+    let t = Instant::now();
+    let why = loop {
+        let (code, body) = get(&lab, 1, "/readyz").await;
+        assert_eq!(code, 503, "not ready without a password file: {body}");
+        if body.contains("cannot read password file") {
+            break body;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the reason does not follow the missing file: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(why.contains("No such file"), "{why}");
+    assert!(
+        weft::lab::process::alive(pid),
+        "a missing file is not fatal"
+    );
+
+    // The Secret is fixed: the router starts the mesh by itself and becomes ready.
     let t = Instant::now();
     std::fs::write(&file, &secret).unwrap();
     wait_readyz(&lab, 1, 200, Duration::from_secs(20)).await;

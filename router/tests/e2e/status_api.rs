@@ -56,6 +56,7 @@ fn sample() -> Status {
         listen: "0.0.0.0:6783".into(),
         uptime_secs: 3725,
         conn_limit: 100,
+        pod_mtu: 1376,
         discovery: true,
         targets: vec!["10.201.0.12:6783".into(), "10.201.0.14:6783".into()],
         peers: vec![
@@ -146,6 +147,7 @@ fn check_json(body: &str) {
     assert_eq!(v["encryption"], serde_json::json!(true));
     assert_eq!(v["peers"][1]["nickname"], "beta");
     assert!(v["ipam"].is_object());
+    assert_eq!(v["pod_mtu"], 1376);
     let conns = v["connections"].as_array().unwrap();
     for c in conns {
         for k in [
