@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fastpath benchmark (issue 5 target), side by side with ../shared/bench/peers.sh in the same run:
 #   1. the reference: peers.sh vxlan-bridge (pod netns -> veth -> bridge -> kernel VXLAN ->
-#      veth underlay, the path a pod takes, set up by hand) and the bare veth underlay;
+#      veth underlay, the path a pod takes, set up by hand);
 #   2. weft: a plain 2-node `weft lab` (no password: the kernel fastpath carries pod traffic),
 #      one iperf3 TCP stream pod -> pod across the nodes.
 # The failover/failback gaps are measured by router/tests/e2e/fastpath.rs (run it with
