@@ -1,7 +1,7 @@
 //! NetworkPolicy, Pod and Namespace manifests (`weft_policy::manifests::parse`, the source of
 //! `--manifests DIR`) from arbitrary text, as YAML and as JSON, then compiled and rendered:
-//! never panics, whatever the text holds, and the rendered ruleset agrees with the compiled
-//! model on a few queries.
+//! never panics, whatever the text holds; the nft script keeps input names inside their
+//! quotes; and the rendered ruleset agrees with the compiled model on a few queries.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +15,21 @@ fuzz_target!(|data: &[u8]| {
     for name in ["fuzz.yaml", "fuzz.json"] {
         let m = manifests::parse([(name, text)]);
         let c = Compiled::new(&m.cluster);
-        let ips: Vec<IpAddr> = c.pods().iter().flat_map(|p| p.ips.iter().copied()).collect();
+        let ips: Vec<IpAddr> = c
+            .pods()
+            .iter()
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
         let rs = Ruleset::build(&c, &ips, &LogSettings::default());
+        // Names from the input reach the nft script (log prefixes, counter comments): none
+        // may break out of its quotes or start a line of its own.
+        for line in rs.to_nft().lines() {
+            assert_eq!(
+                line.matches('"').count() % 2,
+                0,
+                "unbalanced quotes: {line}"
+            );
+        }
         // The property the tests check: with every pod local, the table admits exactly
         // what the model allows. Only for distinct IPv4 pod addresses (the test's domain:
         // two pods claiming one address, or IPv6, are out of it), and a few of them.
