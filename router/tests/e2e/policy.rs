@@ -4,7 +4,9 @@
 //! the expected matrix: no policy, deny-all ingress in a namespace, allow from a labelled pod
 //! across nodes, egress deny. Then: a policy file edited is enforced within 1 s (both
 //! ways), an invalid file leaves the other policies enforced and shows in `/status/policy`,
-//! blocked connections show in the metrics and the router's log.
+//! blocked connections show in the metrics and the router's log, and a change nft refuses
+//! (a fault injected by an `nft` shim) leaves the previous rules in force, shows in
+//! `/status/policy` and goes in by itself once nft accepts again.
 //! Needs root, iproute2 and nft; skipped with a message otherwise.
 
 use crate::common;
@@ -157,6 +159,50 @@ fn matrix(pods: &[Pod], allowed: impl Fn(&str, &str) -> bool) -> Matrix {
     m
 }
 
+/// A `weft` that runs the real router with `bin/` first in `PATH`, where an `nft` shim
+/// passes everything to the real `nft` except, while the file `refuse` exists, the
+/// policy table's changes, which it refuses the way nft refuses a ruleset (exit 1, an error
+/// on stderr). Returns the wrapper; `dir.join("refuse")` switches the fault on.
+fn weft_with_nft_shim(dir: &Path) -> PathBuf {
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nft installed");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let refuse = dir.join("refuse");
+    let exe = |path: &Path, text: String| {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    exe(
+        &bin.join("nft"),
+        format!(
+            "#!/bin/sh\n\
+             if [ -e '{refuse}' ] && [ \"$1\" = -f ]; then\n\
+             \tscript=$(cat)\n\
+             \tcase \"$script\" in *weft-policy*)\n\
+             \t\techo 'Error: refused by the test (fault injection)' >&2; exit 1;;\n\
+             \tesac\n\
+             \tprintf '%s\\n' \"$script\" | exec {real} \"$@\"\n\
+             fi\n\
+             exec {real} \"$@\"\n",
+            refuse = refuse.display()
+        ),
+    );
+    let wrapper = dir.join("weft");
+    exe(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nPATH='{}':$PATH exec {WEFT} \"$@\"\n",
+            bin.display()
+        ),
+    );
+    std::os::unix::fs::symlink(common::WEFT_NET, dir.join("weft-net")).unwrap();
+    wrapper
+}
+
 /// Replaces a file the way a careful tool does (write aside, rename over).
 fn write_file(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -270,10 +316,12 @@ async fn policies_from_manifests_are_enforced_across_nodes() {
     };
     std::fs::create_dir_all(&dir).unwrap();
     write_file(&dir, "objects.yaml", OBJECTS);
+    let shim = dir.join("shim");
+    let wrapper = weft_with_nft_shim(&shim);
 
     let id = format!("q{tag}");
     let _guard = LabGuard::new(&id);
-    let mut opts = LabOptions::new(&id, 2, WEFT);
+    let mut opts = LabOptions::new(&id, 2, &wrapper);
     opts.password = LabPassword::Random;
     opts.timeout = Duration::from_secs(20);
     opts.router_args = vec!["--manifests".into(), dir.to_string_lossy().into_owned()];
@@ -488,6 +536,52 @@ spec:
         summary.starts_with("3 policies (2 rejected objects)"),
         "{summary}"
     );
+
+    // nft refuses the next change on both nodes: the previous rules stay in force, status
+    // says so with nft's error, and the change goes in by itself once nft accepts again.
+    std::fs::write(shim.join("refuse"), "").unwrap();
+    let failures_before = policy_status(&lab, 1).await["apply_failures"]
+        .as_u64()
+        .unwrap();
+    write_file(&dir, "policies.yaml", &policies("web, other"));
+    let t = Instant::now();
+    let st = loop {
+        let st = policy_status(&lab, 1).await;
+        if st["state"] != "enforcing" || t.elapsed() > Duration::from_secs(3) {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        st["state"], "last update failed; the previous rules are in force",
+        "{st:#}"
+    );
+    assert!(
+        st["apply_failures"].as_u64().unwrap() > failures_before,
+        "{st:#}"
+    );
+    assert!(
+        st["last_apply"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused by the test")),
+        "nft's own message in status: {st:#}"
+    );
+    assert!(
+        !connects(&other, &db, Duration::from_millis(700)),
+        "the previous rules still deny other -> db"
+    );
+    assert!(
+        connects(&web, &db, Duration::from_secs(1)),
+        "and still allow web -> db"
+    );
+    std::fs::remove_file(shim.join("refuse")).unwrap();
+    let t0 = Instant::now();
+    let took = flips_within(&other, &db, true, t0, Duration::from_secs(10));
+    eprintln!("the refused change went in {took:?} after nft accepted again");
+    let st = policy_status(&lab, 1).await;
+    assert_eq!(st["state"], "enforcing", "{st:#}");
+    write_file(&dir, "policies.yaml", &policies("web"));
+    flips_within(&other, &db, false, Instant::now(), Duration::from_secs(1));
 
     // Removing the policies opens everything again.
     std::fs::remove_file(dir.join("policies.yaml")).unwrap();
