@@ -25,6 +25,7 @@ pub mod kube;
 pub mod lab;
 pub mod masq;
 pub mod metrics;
+mod nft_table;
 pub mod pods;
 pub mod startup;
 pub mod state;

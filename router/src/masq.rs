@@ -1,10 +1,9 @@
 //! Masquerade for pod traffic leaving the cluster range: one nftables table `ip weft`, replaced
-//! in one atomic transaction (add + delete + re-create in a single `nft -j -f` batch, so there
-//! is never a moment without the rule, and a table left by an earlier run is replaced whole).
+//! in one atomic transaction (see [`crate::nft_table`]).
 
-use nftables::batch::Batch;
+use crate::nft_table::IpTable;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
@@ -12,17 +11,10 @@ use std::net::Ipv4Addr;
 
 /// The nftables table weft owns (family `ip`).
 pub const TABLE: &str = "weft";
+const OWNED: IpTable = IpTable(TABLE);
 const CHAIN: &str = "postrouting";
 /// `srcnat` priority.
 const SRCNAT: i32 = 100;
-
-fn table() -> Table<'static> {
-    Table {
-        family: NfFamily::IP,
-        name: Cow::Borrowed(TABLE),
-        handle: None,
-    }
-}
 
 fn addr_field(field: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
@@ -43,12 +35,7 @@ fn prefix(net: Ipv4Addr, len: u8) -> Expression<'static> {
 /// The whole `weft` table for a cluster range `net/len`: traffic from the range to anywhere
 /// outside it leaves with the node's address.
 pub fn ruleset(net: Ipv4Addr, len: u8) -> Nftables<'static> {
-    let mut b = Batch::new();
-    // Create-if-missing, then delete, then build: one transaction that works whether or not
-    // an earlier table exists.
-    b.add(NfListObject::Table(table()));
-    b.delete(NfListObject::Table(table()));
-    b.add(NfListObject::Table(table()));
+    let mut b = OWNED.replacing();
     b.add(NfListObject::Chain(Chain {
         family: NfFamily::IP,
         table: Cow::Borrowed(TABLE),
@@ -84,27 +71,12 @@ pub fn ruleset(net: Ipv4Addr, len: u8) -> Nftables<'static> {
 
 /// Installs (or replaces) the masquerade table in the current network namespace.
 pub fn apply(net: Ipv4Addr, len: u8) -> anyhow::Result<()> {
-    nftables::helper::apply_ruleset(&ruleset(net, len))
-        .map_err(|e| anyhow::anyhow!("applying the nftables table {TABLE}: {}", nft_error(&e)))
-}
-
-/// An `nftables` helper error with what `nft` said (its Display form leaves stderr out).
-pub(crate) fn nft_error(e: &nftables::helper::NftablesError) -> String {
-    match e {
-        nftables::helper::NftablesError::NftFailed { stderr, .. } if !stderr.trim().is_empty() => {
-            format!("{e}: {}", stderr.trim())
-        }
-        _ => e.to_string(),
-    }
+    OWNED.apply(&ruleset(net, len))
 }
 
 /// Removes the table; nothing to remove is fine.
 pub fn remove() -> anyhow::Result<()> {
-    let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
-    b.delete(NfListObject::Table(table()));
-    nftables::helper::apply_ruleset(&b.to_nftables())
-        .map_err(|e| anyhow::anyhow!("removing the nftables table {TABLE}: {}", nft_error(&e)))
+    OWNED.remove()
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 use crate::api::{code, ApiError};
 use crate::cli::RouterArgs;
 use crate::daemon::{self, RouterConfig};
-use crate::status::{self, IpamInfo, Status};
+use crate::status::{self, Status};
 use crate::transport::{self, PasswordError, PASSWORD_ENV};
 
 /// How often a missing or blank password file is read again.
@@ -121,31 +121,15 @@ async fn wait_for_password(
     Ok(found)
 }
 
-/// The status while waiting: identity and settings, no mesh.
+/// The status while waiting: identity and settings, no mesh. Encrypted: a password file is
+/// configured (the password is not set yet), and the mesh never starts without one.
 fn waiting_status(cfg: &RouterConfig, why: &str) -> Status {
-    Status {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        name: cfg.identity.name.to_string(),
-        nickname: cfg.identity.nickname.clone(),
-        uid: cfg.identity.uid.to_string(),
-        encryption: true,
-        protocol: weft_gossip::PROTOCOL_VERSION,
-        listen: cfg.listen.to_string(),
-        conn_limit: cfg.mesh.conn_limit,
-        discovery: cfg.mesh.discovery,
-        targets: cfg
-            .peers
-            .iter()
-            .map(|p| format!("{}:{}", p.host, p.port))
-            .collect(),
-        ipam: IpamInfo {
-            range: cfg.ipalloc_range.to_string(),
-            error: Some("not started: waiting for the network password".into()),
-            ..Default::default()
-        },
-        not_ready: Some(format!("waiting for the network password: {why}")),
-        ..Default::default()
-    }
+    let mut st = daemon::config_status(cfg, cfg.listen.to_string());
+    st.encryption = true;
+    st.pod_mtu = 0;
+    st.ipam.error = Some("not started: waiting for the network password".into());
+    st.not_ready = Some(format!("waiting for the network password: {why}"));
+    st
 }
 
 /// The CNI routes while waiting: every call is told to try again later, with the reason.

@@ -9,10 +9,9 @@
 //! Heartbeats take that path too. The table is replaced in one transaction and removed
 //! whenever the fastpath runs without encryption or not at all.
 
-use crate::masq::nft_error;
-use nftables::batch::Batch;
+use crate::nft_table::IpTable;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField};
-use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule};
 use nftables::stmt::{Counter, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
@@ -20,21 +19,11 @@ use std::borrow::Cow;
 /// The table (family `ip`).
 pub const TABLE: &str = "weft-vxlan-guard";
 const CHAIN: &str = "input";
-
-fn table() -> Table<'static> {
-    Table {
-        family: NfFamily::IP,
-        name: Cow::Borrowed(TABLE),
-        handle: None,
-    }
-}
+const OWNED: IpTable = IpTable(TABLE);
 
 /// The whole table for VXLAN on UDP `port`.
 pub fn ruleset(port: u16) -> Nftables<'static> {
-    let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
-    b.delete(NfListObject::Table(table()));
-    b.add(NfListObject::Table(table()));
+    let mut b = OWNED.replacing();
     b.add(NfListObject::Chain(Chain {
         family: NfFamily::IP,
         table: Cow::Borrowed(TABLE),
@@ -80,17 +69,12 @@ pub fn ruleset(port: u16) -> Nftables<'static> {
 
 /// Installs (or replaces) the guard in the current network namespace.
 pub fn apply(port: u16) -> anyhow::Result<()> {
-    nftables::helper::apply_ruleset(&ruleset(port))
-        .map_err(|e| anyhow::anyhow!("applying the nftables table {TABLE}: {}", nft_error(&e)))
+    OWNED.apply(&ruleset(port))
 }
 
 /// Removes the guard; nothing to remove is fine.
 pub fn remove() -> anyhow::Result<()> {
-    let mut b = Batch::new();
-    b.add(NfListObject::Table(table()));
-    b.delete(NfListObject::Table(table()));
-    nftables::helper::apply_ruleset(&b.to_nftables())
-        .map_err(|e| anyhow::anyhow!("removing the nftables table {TABLE}: {}", nft_error(&e)))
+    OWNED.remove()
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ use weft_sleeve::engine::SessionInfo;
 /// Default overlay MTU: a 1500-byte underlay minus encapsulation headroom.
 mod view;
 use view::base_status;
+pub(crate) use view::config_status;
 
 pub const DEFAULT_MTU: u32 = 1376;
 /// Queue of outgoing gossip per connection; a peer this far behind is disconnected.

@@ -343,6 +343,13 @@ fn ipam_summary_for_readiness(ipam: &IpamInfo) -> String {
 
 /// The parts of the status that come from configuration; the loop adds the live view.
 pub(super) fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
+    config_status(cfg, t.local_addr().to_string())
+}
+
+/// The status of a router that runs no mesh yet: its identity and settings (`listen`: the
+/// control address it is or will be bound to). Also what `crate::startup` serves while it
+/// waits for the password.
+pub(crate) fn config_status(cfg: &RouterConfig, listen: String) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         name: cfg.identity.name.to_string(),
@@ -350,7 +357,7 @@ pub(super) fn base_status(cfg: &RouterConfig, t: &Transport) -> Status {
         uid: cfg.identity.uid.to_string(),
         encryption: cfg.psk.is_some(),
         protocol: weft_gossip::PROTOCOL_VERSION,
-        listen: t.local_addr().to_string(),
+        listen,
         uptime_secs: 0,
         conn_limit: cfg.mesh.conn_limit,
         discovery: cfg.mesh.discovery,

@@ -14,6 +14,16 @@ use weft_fastpath::netns::Netns;
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 pub const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 
+/// Runs `ip ARGS`; panics with its stderr if it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `weft-net` the way a runtime does: inside node namespace `node_ns`, with the CNI
 /// variables for container `id` whose network namespace is `pod_ns`, `cni_args` as CNI_ARGS
 /// (if any) and `conf` on stdin.

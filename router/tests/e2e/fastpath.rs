@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use weft::lab::{Lab, LabPassword};
 
 /// The path of node `i`'s connection to its one peer, as status shows it.
-async fn path_of(lab: &Lab, i: usize) -> Option<String> {
+/// Node `i`'s connection to its (first) peer.
+async fn peer_conn(lab: &Lab, i: usize) -> Option<weft::status::ConnInfo> {
     let st = lab.status(i).await.ok()?;
-    st.connections
-        .iter()
-        .find(|c| c.peer.is_some())
-        .and_then(|c| c.path.clone())
+    st.connections.into_iter().find(|c| c.peer.is_some())
+}
+
+async fn path_of(lab: &Lab, i: usize) -> Option<String> {
+    peer_conn(lab, i).await.and_then(|c| c.path)
 }
 
 /// Polls until node `i`'s path is `want`; returns how long it took.
@@ -443,19 +445,16 @@ async fn no_fastpath_removes_the_device_of_an_earlier_run() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let t = Instant::now();
-    let reason = loop {
-        let c = lab
-            .status(1)
+    assert!(
+        wait_path(&lab, 1, "sleeve", Duration::from_secs(15))
             .await
-            .ok()
-            .and_then(|s| s.connections.into_iter().find(|c| c.peer.is_some()));
-        if let Some(c) = c.filter(|c| c.path.as_deref() == Some("sleeve")) {
-            break c.reason.unwrap_or_default();
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "n1 on the sleeve");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            .is_some(),
+        "n1 on the sleeve"
+    );
+    let reason = peer_conn(&lab, 1)
+        .await
+        .and_then(|c| c.reason)
+        .unwrap_or_default();
     assert!(
         reason.contains("--no-fastpath"),
         "status says why: {reason}"

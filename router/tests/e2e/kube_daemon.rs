@@ -12,6 +12,7 @@
 //! Needs root, iproute2, nft and ping; skipped with a message otherwise.
 
 use crate::common;
+use crate::common::ip;
 
 use crate::kube_support;
 
@@ -41,15 +42,6 @@ fn prerequisites() -> bool {
             false
         }
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Namespaces, routers and files of one test; everything goes on drop (routers first).

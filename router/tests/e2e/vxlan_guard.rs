@@ -11,15 +11,6 @@ use weft_fastpath::netns::Netns;
 
 const PORT: u16 = 6785;
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn pings(ns: &str, to: &str) -> bool {
     Command::new("ip")
         .args([
