@@ -130,6 +130,30 @@ async fn a_blank_or_missing_password_file_is_waited_for_not_fatal() {
         "{:?}",
         st.connections
     );
+
+    // Missing from the start (the Secret does not exist when the pod starts): the first
+    // read fails, and that too is waited for, not fatal.
+    lab.stop_node(1).await.unwrap();
+    let shared = lab.info().password_file.clone().unwrap();
+    let aside = shared.with_extension("aside");
+    std::fs::rename(&shared, &aside).unwrap();
+    let pid = lab.start_node(1, &[], None).await.unwrap();
+    let why = wait_readyz(&lab, 1, 503, Duration::from_secs(10)).await;
+    assert!(
+        why.contains("cannot read password file") && why.contains("No such file"),
+        "{why}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        weft::lab::process::alive(pid),
+        "a password file missing at start is not fatal"
+    );
+    std::fs::rename(&aside, &shared).unwrap();
+    wait_readyz(&lab, 1, 200, Duration::from_secs(20)).await;
+    assert!(
+        weft::lab::process::alive(pid),
+        "the same process, no restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
