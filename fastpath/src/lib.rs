@@ -55,8 +55,8 @@ pub use node::{
     DEFAULT_MTU, DEFAULT_TAP, HOST_VETH_PREFIX,
 };
 pub use pod::{
-    add_pod_interface, check_pod_interface, del_pod_interface, host_ifname_for, PodIface,
-    PodIfaceRequest,
+    add_pod_interface, announce_pod_interface, check_pod_interface, del_pod_interface,
+    host_ifname_for, PodIface, PodIfaceRequest,
 };
 pub use vxlan::{
     remove_vxlan, setup_vxlan, VxlanConfig, VxlanState, DEFAULT_VNI, DEFAULT_VXLAN,

@@ -14,6 +14,7 @@ use netlink_packet_route::link::{
     BridgePortState, InfoBridgePort, InfoData, InfoPortData, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage, State,
 };
+use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::packet_core::Nla;
 use rtnetlink::{Handle, LinkBridgePort, LinkUnspec, RouteMessageBuilder};
@@ -55,6 +56,10 @@ pub struct Link {
     /// For bridge ports: whether hairpin mode is on (`IFLA_BRPORT_MODE`), i.e. whether the
     /// bridge may send a frame back out of the port it came in on.
     pub port_hairpin: Option<bool>,
+    /// For bridge ports: whether the bridge learns source MACs on it (`IFLA_BRPORT_LEARNING`).
+    pub port_learning: Option<bool>,
+    /// For bridge ports: whether unknown unicast is flooded to it (`IFLA_BRPORT_UNICAST_FLOOD`).
+    pub port_flood: Option<bool>,
 }
 
 /// Flags of a tun/tap link (`IFLA_TUN_*`, kernel 4.15+).
@@ -87,6 +92,8 @@ impl Link {
             tun: None,
             port_forwarding: None,
             port_hairpin: None,
+            port_learning: None,
+            port_flood: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -115,6 +122,12 @@ impl Link {
                                         }
                                         InfoBridgePort::HairpinMode(on) => {
                                             link.port_hairpin = Some(*on)
+                                        }
+                                        InfoBridgePort::Learning(on) => {
+                                            link.port_learning = Some(*on)
+                                        }
+                                        InfoBridgePort::UnicastFlood(on) => {
+                                            link.port_flood = Some(*on)
                                         }
                                         _ => {}
                                     }
@@ -301,6 +314,39 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| self.err("enabling hairpin mode on bridge port", &link.name, e))
+    }
+
+    /// Lock bridge port `link` to the one MAC `mac` may come from: no learning on the port (the
+    /// bridge never takes a source MAC from a pod's frames), no unknown-unicast flooding to it
+    /// (a pod never sees traffic that is not addressed to it), and a static, sticky FDB entry
+    /// for `mac` on it (frames for the pod find it; no frame arriving elsewhere moves it).
+    /// Idempotent.
+    pub async fn lock_pod_port(&self, link: &Link, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkBridgePort::new(link.index)
+            .learning(false)
+            .flood(false)
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| {
+                self.err(
+                    "setting pod port flags (learning, flood off)",
+                    &link.name,
+                    e,
+                )
+            })?;
+        self.handle
+            .neighbours()
+            .add_bridge(link.index, &mac)
+            .state(NeighbourState::Noarp)
+            .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.err("pinning the pod's MAC on its bridge port", &link.name, e))
     }
 
     /// Delete a link; `Ok(false)` when it was already gone.

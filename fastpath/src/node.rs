@@ -6,7 +6,8 @@
 //! idempotent: running it again converges on the same state and reports what it changed.
 //!
 //! Sysctls: `net.ipv4.ip_forward=1`, because pods reach their node's gateway address and, through
-//! it (with masquerade, router side), everything outside the range. `proxy_arp` on the bridge
+//! it (with masquerade, router side), everything outside the range. On the bridge,
+//! `accept_ra=0` and no redirects either way (where `/proc/sys` is writable). `proxy_arp` on the bridge
 //! stays **off**: the whole range is on-link on the bridge, so proxy ARP would never answer for
 //! it anyway (the kernel only proxies for routes through *another* interface), and if it ever did
 //! it would answer for remote pods with the node's MAC and hide the real owners that the
@@ -97,6 +98,7 @@ pub async fn setup_node(cfg: &NodeConfig) -> Result<NodeState> {
     let nl = Netlink::current()?;
     let (bridge, created_bridge) = ensure_bridge(&nl, cfg).await?;
     let (tap, created_tap) = ensure_tap(&nl, cfg, &bridge).await?;
+    harden_bridge(&cfg.bridge);
     let bridge_mac = bridge.mac.ok_or_else(|| Error::WrongLinkType {
         name: bridge.name.clone(),
         ns: nl.ns().to_string(),
@@ -112,6 +114,27 @@ pub async fn setup_node(cfg: &NodeConfig) -> Result<NodeState> {
         created_tap,
         enabled_ip_forward,
     })
+}
+
+/// The node takes no router advertisement and no redirect on the bridge: pods are no
+/// routers. The pod guard already drops those from pods (in nftables, which needs no writable
+/// `/proc/sys`); this is the kernel's own second line where `/proc/sys` can be written (not
+/// in an unprivileged container, where it is read-only: then it is logged and left).
+fn harden_bridge(bridge: &str) {
+    for (key, value) in [
+        (format!("net/ipv6/conf/{bridge}/accept_ra"), "0"),
+        (format!("net/ipv6/conf/{bridge}/accept_redirects"), "0"),
+        (format!("net/ipv4/conf/{bridge}/accept_redirects"), "0"),
+        (format!("net/ipv4/conf/{bridge}/send_redirects"), "0"),
+    ] {
+        match sysctl::ensure(&key, value) {
+            Ok(true) => debug!(%key, value, "sysctl set"),
+            Ok(false) => {}
+            // No IPv6 in this kernel (or on this link): nothing to harden.
+            Err(Error::Sysctl { op: "read", .. }) => {}
+            Err(e) => info!(error = %e, "cannot harden the bridge (the pod guard still holds)"),
+        }
+    }
 }
 
 /// Find the bridge `name` or fail with a clear error (missing, or not a bridge).

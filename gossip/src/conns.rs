@@ -3,7 +3,8 @@
 //! Duplicate connections to one peer: the one whose initiator has the smaller name is
 //! kept, so both ends close the same one. Two connections with the same initiator: the
 //! initiator keeps its older one and closes the newer; the other end keeps both until that
-//! close arrives. A connection from a new incarnation of a peer (new uid) replaces the old.
+//! close arrives. A connection from a new incarnation of a peer (new uid) replaces the old,
+//! unless it is the second of two live routers with one name (`crate::names`).
 //!
 //! Discovery dials peers learned from gossip while we have fewer than three quarters of
 //! `conn_limit` connections, and only peers that report fewer than that themselves: the
@@ -43,6 +44,16 @@ impl Mesh {
             return; // driver repeated itself
         }
         if peer.name == self.me.name {
+            if peer.uid != self.me.uid {
+                // Not us: another router with our name.
+                self.names
+                    .ours(self.me.name, self.me.uid, peer.uid, addr, now);
+                self.out.push(Action::Close {
+                    conn,
+                    reason: CloseReason::DuplicateName,
+                });
+                return;
+            }
             if outbound {
                 self.targets.mark_self(addr);
             }
@@ -51,6 +62,26 @@ impl Mesh {
                 reason: CloseReason::SelfConnection,
             });
             return;
+        }
+        self.names.seen(peer.name, peer.uid, now);
+        if let Some(old) = self.primary.get(&peer.name).and_then(|c| self.conns.get(c)) {
+            if old.peer.uid != peer.uid {
+                let verdict = self.names.new_incarnation(
+                    peer.name,
+                    old.peer.uid,
+                    peer.uid,
+                    addr,
+                    old.addr,
+                    now,
+                );
+                if verdict == crate::names::Verdict::Refuse {
+                    self.out.push(Action::Close {
+                        conn,
+                        reason: CloseReason::DuplicateName,
+                    });
+                    return;
+                }
+            }
         }
         if !outbound && self.conn_count() >= self.config.conn_limit {
             // At the limit, a peer nobody reports connected (a newcomer) still gets in:
@@ -196,10 +227,20 @@ impl Mesh {
     }
 
     pub(crate) fn on_closed(&mut self, conn: ConnId, reason: Option<Failure>, now: Instant) {
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.kind == crate::FailKind::DuplicateName)
+        {
+            let addr = self.conns.get(&conn).map(|c| c.addr);
+            self.names.refused_here(addr, now);
+        }
         self.drop_conn(conn, reason.as_ref(), now);
     }
 
     pub(crate) fn on_connect_failed(&mut self, addr: SocketAddr, failure: Failure, now: Instant) {
+        if failure.kind == crate::FailKind::DuplicateName {
+            self.names.refused_here(Some(addr), now);
+        }
         let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
         self.targets
             .on_failed(addr, &failure.detail, now, &mut self.rng, initial, max);
@@ -382,6 +423,7 @@ impl Mesh {
                 self.changed[1] = true;
             }
             self.targets.forget_peer(p);
+            self.names.forget(&p);
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod handshake;
 pub mod ipam;
 pub mod mesh;
 pub mod message;
+pub mod names;
 pub mod peer;
 mod routes;
 pub mod sim;
@@ -48,8 +49,8 @@ pub use mesh::{
     Mesh, PeerStatus, Routes, TargetSource, TargetState,
 };
 pub use message::{
-    Channel, ConnRecord, DecodeError, Endpoint, EndpointRecord, IpamRecord, Message, PeerRecord,
-    Removal, Summary, PROTOCOL_VERSION,
+    Channel, ConnRecord, DecodeError, Dropped, Endpoint, EndpointRecord, IpamRecord, Message,
+    PeerRecord, Removal, Summary, PROTOCOL_VERSION,
 };
 pub use peer::{Identity, ParseNameError, PeerName, PeerUid};
 #[cfg(test)]

@@ -71,6 +71,9 @@ pub enum FailKind {
     Refused,
     /// The peer broke the protocol.
     Protocol,
+    /// The peer refused us: another router with our name is connected there
+    /// ([`crate::names`]).
+    DuplicateName,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +94,9 @@ pub enum CloseReason {
     ConnLimit,
     /// The peer sent something invalid.
     Protocol,
+    /// Another router with the same name (and another uid) keeps it here
+    /// ([`crate::names`]).
+    DuplicateName,
 }
 
 impl CloseReason {
@@ -100,6 +106,7 @@ impl CloseReason {
             CloseReason::SelfConnection => "connection to self",
             CloseReason::ConnLimit => "connection limit reached",
             CloseReason::Protocol => "protocol violation",
+            CloseReason::DuplicateName => "duplicate peer name: another router with this name is connected here; give every router its own --name (cloned machines share /etc/machine-id)",
         }
     }
 }
@@ -271,6 +278,8 @@ pub struct Mesh {
     pub(crate) out: Vec<Action>,
     /// IPAM records and our IPAM state (`crate::ipam`).
     pub(crate) ipam: crate::ipam::Ipam,
+    /// Incarnations per peer name: restarts told from duplicates (`crate::names`).
+    pub(crate) names: crate::names::Names,
 }
 
 pub(crate) fn chan_index(c: Channel) -> usize {
@@ -321,6 +330,7 @@ impl Mesh {
             stats: GossipStats::default(),
             out: Vec::new(),
             ipam: crate::ipam::Ipam::new(config.ipam.as_ref(), now),
+            names: Default::default(),
             config,
         };
         m.publish_own(now);
@@ -524,6 +534,18 @@ impl Mesh {
 
     pub fn stats(&self) -> GossipStats {
         self.stats
+    }
+
+    /// Peer names that two live routers use, as seen here (see [`crate::names`]); our own
+    /// name included when a router with it (and another uid) connected to us.
+    pub fn name_conflicts(&self, now: Instant) -> Vec<crate::names::NameConflict> {
+        self.names.conflicts(now)
+    }
+
+    /// Peers refuse this router: another router with its name is connected to them
+    /// ([`crate::names`]). While so, IPAM hands out nothing and claims nothing.
+    pub fn refused_as_duplicate(&self, now: Instant) -> Option<crate::names::RefusedHere> {
+        self.names.refused(now).cloned()
     }
 
     /// Established plus in-progress connections (what `conn_limit` bounds).

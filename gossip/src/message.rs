@@ -204,8 +204,20 @@ impl Message {
         1 + postcard::experimental::serialized_size(self).unwrap_or(0)
     }
 
-    /// Parses and validates one message. Never panics on any input.
+    /// Parses and validates one message. Never panics on any input. Records that break the
+    /// bounds are dropped from it ([`Message::decode_counted`] says how many).
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        Self::decode_counted(bytes).map(|(m, _)| m)
+    }
+
+    /// [`Message::decode`], and how much of it was dropped. A message that does not parse,
+    /// or breaks a bound of the message itself (its size, its number of records), is an
+    /// error: the peer is broken. One bad record is not: one pod with an absurd name, or one
+    /// peer's malformed record relayed by an honest neighbour, must not cost the connection.
+    /// So a record that fails [`PeerRecord::validate`] or [`IpamRecord::validate`] is
+    /// dropped whole, and from an endpoint record only the endpoints that break the bounds
+    /// ([`Endpoint::is_valid`]); every router drops the same, so all views stay equal.
+    pub fn decode_counted(bytes: &[u8]) -> Result<(Message, Dropped), DecodeError> {
         let (&v, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(DecodeError::TooLarge(bytes.len()));
@@ -218,8 +230,57 @@ impl Message {
         if !tail.is_empty() {
             return Err(DecodeError::Trailing);
         }
+        let mut msg: Message = msg;
+        let dropped = msg.sanitize();
         msg.validate()?;
-        Ok(msg)
+        Ok((msg, dropped))
+    }
+
+    /// Drops what [`Message::decode_counted`] drops (message-level bounds are left to
+    /// [`Message::validate`]).
+    fn sanitize(&mut self) -> Dropped {
+        let mut d = Dropped::default();
+        fn keep_valid<R>(
+            recs: &mut Vec<Arc<R>>,
+            d: &mut Dropped,
+            valid: impl Fn(&R) -> Result<(), DecodeError>,
+        ) {
+            if recs.len() > MAX_ENTRIES {
+                return;
+            }
+            recs.retain(|r| match valid(r) {
+                Ok(()) => true,
+                Err(DecodeError::Invalid(why)) => {
+                    d.records += 1;
+                    d.reason.get_or_insert(why);
+                    false
+                }
+                Err(_) => {
+                    d.records += 1;
+                    false
+                }
+            });
+        }
+        match self {
+            Message::Topology(recs) => keep_valid(recs, &mut d, PeerRecord::validate),
+            Message::Endpoints(recs) => {
+                if recs.len() <= MAX_ENTRIES {
+                    for r in recs.iter_mut() {
+                        if r.endpoints.iter().any(|e| !e.is_valid()) {
+                            let r = Arc::make_mut(r);
+                            let before = r.endpoints.len();
+                            r.endpoints.retain(Endpoint::is_valid);
+                            d.endpoints += before - r.endpoints.len();
+                            d.reason.get_or_insert("an endpoint out of bounds");
+                        }
+                    }
+                }
+                keep_valid(recs, &mut d, EndpointRecord::validate)
+            }
+            Message::Ipam(recs) => keep_valid(recs, &mut d, IpamRecord::validate),
+            Message::Announce { .. } | Message::Digest { .. } | Message::Request { .. } => {}
+        }
+        d
     }
 
     /// Bounds and invariants a well-behaved peer always keeps.
@@ -297,15 +358,39 @@ impl EndpointRecord {
         if !self.endpoints.windows(2).all(|w| w[0].mac < w[1].mac) {
             return Err(Invalid("endpoints not sorted by unique MAC"));
         }
-        for e in &self.endpoints {
-            if e.ips.len() > MAX_IPS_PER_ENDPOINT {
-                return Err(Invalid("too many IPs for one endpoint"));
-            }
-            if e.pod.as_ref().is_some_and(|p| p.len() > MAX_POD_NAME) {
-                return Err(Invalid("pod name too long"));
-            }
+        if !self.endpoints.iter().all(Endpoint::is_valid) {
+            return Err(Invalid("an endpoint out of bounds"));
         }
         Ok(())
+    }
+}
+
+impl Endpoint {
+    /// At most [`MAX_IPS_PER_ENDPOINT`] addresses, and a pod name of at most
+    /// [`MAX_POD_NAME`] bytes without control characters (it ends up in logs and status).
+    pub fn is_valid(&self) -> bool {
+        self.ips.len() <= MAX_IPS_PER_ENDPOINT
+            && self
+                .pod
+                .as_ref()
+                .is_none_or(|p| p.len() <= MAX_POD_NAME && !p.chars().any(char::is_control))
+    }
+}
+
+/// What [`Message::decode_counted`] dropped from one message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Whole records.
+    pub records: usize,
+    /// Endpoints removed from endpoint records that were kept.
+    pub endpoints: usize,
+    /// The first reason.
+    pub reason: Option<&'static str>,
+}
+
+impl Dropped {
+    pub fn is_empty(&self) -> bool {
+        self.records == 0 && self.endpoints == 0
     }
 }
 

@@ -213,6 +213,23 @@ proptest! {
     }
 }
 
+/// `msg` decodes, with its one record dropped (one bad record never costs the connection,
+/// and never reaches the state machine).
+fn dropped(msg: &Message) -> bool {
+    match Message::decode_counted(&msg.encode()) {
+        Ok((m, d)) => {
+            let empty = match &m {
+                Message::Topology(r) => r.is_empty(),
+                Message::Endpoints(r) => r.is_empty(),
+                Message::Ipam(r) => r.is_empty(),
+                _ => false,
+            };
+            empty && d.records == 1
+        }
+        Err(_) => false,
+    }
+}
+
 #[test]
 fn bounds_are_enforced() {
     assert!(Message::decode(&[]).is_err());
@@ -221,7 +238,7 @@ fn bounds_are_enforced() {
     let mut b = vec![weft_gossip::PROTOCOL_VERSION, 3];
     b.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
     assert!(Message::decode(&b).is_err());
-    // invalid contents are rejected: a record listing a connection to itself
+    // invalid records are dropped: a record listing a connection to itself
     let origin = PeerName::new(5).unwrap();
     let bad = Message::Topology(vec![Arc::new(PeerRecord {
         summary: Summary {
@@ -236,7 +253,7 @@ fn bounds_are_enforced() {
             outbound: true,
         }],
     })]);
-    assert!(Message::decode(&bad.encode()).is_err());
+    assert!(dropped(&bad));
     // IPAM records: blocks in range, sorted, settled and pending disjoint, no self-removal
     let space = IpamSpace {
         network: [10, 0, 0, 0].into(),
@@ -258,18 +275,55 @@ fn bounds_are_enforced() {
         })])
     };
     assert!(Message::decode(&ipam(vec![0, 15], vec![3], vec![]).encode()).is_ok());
-    assert!(Message::decode(&ipam(vec![16], vec![], vec![]).encode()).is_err());
-    assert!(Message::decode(&ipam(vec![2, 1], vec![], vec![]).encode()).is_err());
-    assert!(Message::decode(&ipam(vec![1], vec![1], vec![]).encode()).is_err());
+    assert!(dropped(&ipam(vec![16], vec![], vec![])));
+    assert!(dropped(&ipam(vec![2, 1], vec![], vec![])));
+    assert!(dropped(&ipam(vec![1], vec![1], vec![])));
     let me = Removal {
         peer: origin,
         uid: PeerUid(1),
         version: 1,
     };
-    assert!(Message::decode(&ipam(vec![], vec![], vec![me]).encode()).is_err());
+    assert!(dropped(&ipam(vec![], vec![], vec![me])));
     let mut bad_space = ipam(vec![], vec![], vec![]);
     if let Message::Ipam(r) = &mut bad_space {
         Arc::make_mut(&mut r[0]).space.block_prefix_len = 31;
     }
-    assert!(Message::decode(&bad_space.encode()).is_err());
+    assert!(dropped(&bad_space));
+}
+
+#[test]
+fn an_endpoint_out_of_bounds_is_dropped_alone() {
+    // One pod with an absurd name (or a name with a newline in it, which would forge log
+    // lines elsewhere) must not take the node's other endpoints, nor the connection, with it.
+    let origin = PeerName::new(7).unwrap();
+    let ep = |last: u8, pod: &str| weft_gossip::Endpoint {
+        mac: [2, 0, 0, 0, 0, last],
+        ips: vec![IpAddr::from([10, 32, 0, last])],
+        pod: Some(pod.to_string()),
+    };
+    let msg = Message::Endpoints(vec![Arc::new(weft_gossip::EndpointRecord {
+        summary: Summary {
+            origin,
+            uid: PeerUid(1),
+            version: 3,
+        },
+        endpoints: vec![
+            ep(1, "default/web-0"),
+            ep(2, &"x".repeat(weft_gossip::message::MAX_POD_NAME + 1)),
+            ep(3, "default/evil\nINFO forged line"),
+            ep(4, "default/web-1"),
+        ],
+    })]);
+    let (m, d) = Message::decode_counted(&msg.encode()).expect("decodes");
+    assert_eq!((d.records, d.endpoints), (0, 2), "{d:?}");
+    let Message::Endpoints(recs) = m else {
+        panic!("not endpoints")
+    };
+    let pods: Vec<_> = recs[0]
+        .endpoints
+        .iter()
+        .map(|e| e.pod.clone().unwrap())
+        .collect();
+    assert_eq!(pods, ["default/web-0", "default/web-1"]);
+    assert_eq!(recs[0].summary.version, 3, "the record itself is kept");
 }

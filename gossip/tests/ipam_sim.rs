@@ -393,3 +393,65 @@ proptest! {
         prop_assert!(s.ipam_views_agree(s.now()));
     }
 }
+
+#[test]
+fn a_clone_with_the_same_name_takes_no_blocks_and_no_addresses() {
+    let mut s = sim(21, "10.32.0.0/20", Some(26), false);
+    grow(&mut s, 8);
+    let peers: Vec<usize> = (0..8).collect();
+    allocate_all(&mut s, &peers, 10, "pod", 60 * S);
+    s.run_until_converged(60 * S, 3 * S).expect("converges");
+    let blocks_of = |s: &Sim, at: usize, name| {
+        let st = s.mesh(at).unwrap().ipam_status(s.now()).unwrap();
+        st.peers
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.blocks.clone())
+    };
+    let name = s.name_of(3);
+    let original = blocks_of(&s, 0, name).expect("peer 3 owns blocks");
+    let before: Vec<_> = s
+        .ipam_all_allocations()
+        .into_iter()
+        .filter(|a| a.1 == 3)
+        .collect();
+    // A cloned machine with peer 3's name joins and keeps asking for addresses.
+    let dup = s.add_peer(PeerOptions {
+        targets: vec![0, 1, 3],
+        name: Some(name),
+        ..Default::default()
+    });
+    let mut handed = Vec::new();
+    for k in 0..60 {
+        if let Ok(a) = s.ipam_allocate(dup, key("clone", dup, k), None) {
+            handed.push(a.ip);
+        }
+        s.run_for(S);
+    }
+    // The original keeps its blocks in every view and its addresses; the clone got none
+    // of them (nor any block settled twice).
+    for i in s.live().into_iter().filter(|&i| i != dup) {
+        assert_eq!(
+            blocks_of(&s, i, name).as_ref(),
+            Some(&original),
+            "peer {i}'s view"
+        );
+    }
+    let after: Vec<_> = s
+        .ipam_all_allocations()
+        .into_iter()
+        .filter(|a| a.1 == 3)
+        .collect();
+    assert_eq!(after, before, "the original's allocations are untouched");
+    let theirs: BTreeSet<Ipv4Addr> = s
+        .ipam_all_allocations()
+        .into_iter()
+        .filter(|a| a.1 != dup)
+        .map(|a| a.0)
+        .collect();
+    assert!(
+        handed.iter().all(|ip| !theirs.contains(ip)),
+        "the clone handed out {handed:?}"
+    );
+    s.ipam_check(true).unwrap();
+}

@@ -293,3 +293,68 @@ fn lossy_links_still_converge() {
     assert!(ms <= 10_000, "{ms} ms");
     assert!(views_have(&s, 60));
 }
+
+#[test]
+fn two_routers_with_one_name_are_refused_not_flapping() {
+    let mut s = sim(11);
+    grow(&mut s, 12, 20 * MS);
+    converge(&mut s, 60 * S);
+    let name = s.name_of(3);
+    let original = s.mesh(3).unwrap().identity().uid;
+    // A cloned machine: same name, its own uid, dialing two peers and the original.
+    let dup = s.add_peer(PeerOptions {
+        targets: vec![0, 1, 3],
+        name: Some(name),
+        ..Default::default()
+    });
+    let clone = s.mesh(dup).unwrap().identity().uid;
+    assert_ne!(original, clone);
+    s.run_for(60 * S);
+    // It settles: the others agree and their views stay put while the clone keeps retrying.
+    let others: Vec<usize> = s.live().into_iter().filter(|&i| i != dup).collect();
+    let views = |s: &Sim| -> Vec<_> {
+        others
+            .iter()
+            .map(|&i| s.mesh(i).unwrap().view(Channel::Topology))
+            .collect()
+    };
+    let settled = views(&s);
+    assert!(settled.windows(2).all(|w| w[0] == w[1]), "the others agree");
+    s.run_for(60 * S);
+    assert_eq!(views(&s), settled, "no flapping");
+    for i in s.live() {
+        if i == dup {
+            continue;
+        }
+        let v = s.mesh(i).unwrap().view(Channel::Topology);
+        let e = v
+            .iter()
+            .find(|e| e.origin == name)
+            .expect("the name is known");
+        assert_eq!(e.uid, original, "peer {i} keeps the original router");
+    }
+    // The peers it dialed report the conflict, and so does the clone (it met the original).
+    let cs = s.mesh(dup).unwrap().name_conflicts(s.now());
+    assert_eq!(cs.len(), 1, "the clone: {cs:?}");
+    assert_eq!((cs[0].kept, cs[0].refused), (clone, original));
+    for i in [0, 1] {
+        let cs = s.mesh(i).unwrap().name_conflicts(s.now());
+        assert_eq!(cs.len(), 1, "peer {i}: {cs:?}");
+        assert_eq!(
+            (cs[0].name, cs[0].kept, cs[0].refused),
+            (name, original, clone),
+            "peer {i}"
+        );
+        assert!(cs[0].refusals >= 2, "peer {i} keeps refusing: {cs:?}");
+    }
+    // Once the clone is gone, the name is the original's alone again.
+    s.stop(dup, false);
+    s.run_for(weft_gossip::names::FORGET_CONFLICT + 60 * S);
+    for i in s.live() {
+        assert!(
+            s.mesh(i).unwrap().name_conflicts(s.now()).is_empty(),
+            "peer {i}"
+        );
+    }
+    assert!(views_have(&s, 12));
+}

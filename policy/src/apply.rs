@@ -44,6 +44,9 @@ pub enum ApplyError {
     Parse(String),
 }
 
+/// Named counters of a table: name → (packets, bytes).
+pub type Counters = BTreeMap<String, (u64, u64)>;
+
 /// How to run `nft`: which binary, in which network namespace (default: the caller's).
 #[derive(Clone, Debug)]
 pub struct Nft {
@@ -138,19 +141,22 @@ impl Nft {
 
     /// Named counters of a table (`inet` family): name → (packets, bytes). A missing table has
     /// no counters.
-    pub fn counters(&self, table: &str) -> Result<BTreeMap<String, (u64, u64)>, ApplyError> {
-        let out = match self.run(
-            &["-j", "list", "counters", "table", "inet", table],
+    pub fn counters(&self, table: &str) -> Result<Counters, ApplyError> {
+        Ok(self.counters_of("inet", table)?.unwrap_or_default())
+    }
+
+    /// Named counters of table `table` of `family`: name → (packets, bytes); `None` when the
+    /// table does not exist.
+    pub fn counters_of(&self, family: &str, table: &str) -> Result<Option<Counters>, ApplyError> {
+        match self.run(
+            &["-j", "list", "counters", "table", family, table],
             None,
             "counter listing",
         ) {
-            Ok(o) => o,
-            Err(ApplyError::Nft { stderr, .. }) if stderr.contains("No such file") => {
-                return Ok(BTreeMap::new())
-            }
-            Err(e) => return Err(e),
-        };
-        parse_counters(&out)
+            Ok(o) => parse_counters(&o).map(Some),
+            Err(ApplyError::Nft { stderr, .. }) if stderr.contains("No such file") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes a table (`inet` family); a missing one is fine.

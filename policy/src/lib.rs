@@ -25,6 +25,7 @@
 pub mod addr;
 pub mod apply;
 pub mod compile;
+pub mod guard;
 pub mod k8s;
 pub mod manifests;
 pub mod model;

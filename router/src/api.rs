@@ -24,6 +24,81 @@ pub mod code {
     pub const EXHAUSTED: u32 = 100;
     /// Any other router-side failure.
     pub const ROUTER: u32 = 101;
+    /// A request the router refuses as invalid (the CNI code for invalid environment).
+    pub const INVALID: u32 = 4;
+}
+
+/// Longest container ID accepted (runtimes use 64 hex digits).
+pub const MAX_CONTAINER_ID: usize = 255;
+
+/// A Kubernetes namespace name: a DNS-1123 label (at most 63 of `a-z`, `0-9`, `-`, starting
+/// and ending with a letter or digit). Empty means "not given".
+pub fn check_pod_namespace(s: &str) -> Result<(), String> {
+    if s.is_empty() || (s.len() <= 63 && dns_label(s)) {
+        return Ok(());
+    }
+    Err(format!(
+        "K8S_POD_NAMESPACE {:?} is not a Kubernetes namespace name (a DNS-1123 label: at most 63 lowercase letters, digits or '-')",
+        shorten(s)
+    ))
+}
+
+/// A Kubernetes pod name: a DNS-1123 subdomain (at most 253 bytes of dot-separated labels).
+/// Empty means "not given".
+pub fn check_pod_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || (s.len() <= 253 && s.split('.').all(dns_label)) {
+        return Ok(());
+    }
+    Err(format!(
+        "K8S_POD_NAME {:?} is not a Kubernetes pod name (a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' or '.')",
+        shorten(s)
+    ))
+}
+
+fn dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A value for an error message: at most 80 characters, control characters escaped (by
+/// `{:?}`), so that no input forges log lines or floods them.
+fn shorten(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+impl AddRequest {
+    /// What the router checks of an ADD before allocating anything: the same rules as the
+    /// plugin's (which reports them as code 4), for any other client of the socket.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let bad = |m: String| Err(ApiError::new(code::INVALID, m));
+        if !crate::cni::spec::valid_container_id(&self.container_id) {
+            return bad(format!(
+                "invalid container ID {:?} (at most {MAX_CONTAINER_ID} letters, digits, '_', '.', '-')",
+                shorten(&self.container_id)
+            ));
+        }
+        if !crate::cni::spec::valid_ifname(&self.ifname) {
+            return bad(format!(
+                "invalid interface name {:?}",
+                shorten(&self.ifname)
+            ));
+        }
+        if !self.netns.starts_with('/') || self.netns.len() > 4096 || self.netns.contains('\0') {
+            return bad(format!("invalid netns path {:?}", shorten(&self.netns)));
+        }
+        if let Some(ns) = &self.pod_namespace {
+            check_pod_namespace(ns).map_err(|e| ApiError::new(code::INVALID, e))?;
+        }
+        if let Some(n) = &self.pod_name {
+            check_pod_name(n).map_err(|e| ApiError::new(code::INVALID, e))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -108,7 +183,8 @@ pub enum AddOutcome {
     RetryAt(Instant),
 }
 
-type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+/// Where the event loop sends its answer to one command.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 /// What the handlers ask of the event loop.
 #[derive(Debug)]
@@ -167,11 +243,31 @@ pub fn cni_router(tx: mpsc::Sender<ApiCommand>) -> Router {
         .with_state(Api { tx })
 }
 
-/// Administrative routes, served on the local status address and the unix socket.
+/// Administrative routes that change state: served only on the unix socket (root-owned,
+/// mode 0600), never on the TCP status address, which any local user and any hostNetwork
+/// pod can reach.
 pub fn admin_router(tx: mpsc::Sender<ApiCommand>) -> Router {
     Router::new()
         .route("/ipam/v1/rmpeer", post(rmpeer))
         .with_state(Api { tx })
+}
+
+/// What the TCP status address answers for the routes of [`admin_router`]: 403, naming the
+/// socket to use instead.
+pub fn admin_refusal(socket: &std::path::Path) -> Router {
+    let msg = format!(
+        "state-changing requests are served only on the API socket unix:{} (root only)",
+        socket.display()
+    );
+    Router::new().route(
+        "/ipam/v1/rmpeer",
+        post(move || async move {
+            (
+                StatusCode::FORBIDDEN,
+                Json(ApiError::new(code::ROUTER, msg.clone())),
+            )
+        }),
+    )
 }
 
 /// `GET /status/policy` (the policy enforcer's report, see [`crate::enforcer`]); served
@@ -190,6 +286,9 @@ async fn rmpeer(State(api): State<Api>, Json(req): Json<RmPeerRequest>) -> Respo
 }
 
 async fn add(State(api): State<Api>, Json(req): Json<AddRequest>) -> Response {
+    if let Err(e) = req.validate() {
+        return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+    }
     let deadline = Instant::now() + ADD_DEADLINE;
     loop {
         match api.ask(|r| ApiCommand::Add(req.clone(), r)).await {

@@ -66,8 +66,10 @@ pub struct RouterArgs {
     #[arg(long, default_value = "127.0.0.1:6784", env = "WEFT_STATUS_ADDR")]
     pub status_addr: SocketAddr,
 
-    /// TCP address of the Prometheus metrics endpoint (`/metrics`); "off" disables it.
-    #[arg(long, default_value = "0.0.0.0:6782", env = "WEFT_METRICS_ADDR")]
+    /// TCP address of the Prometheus metrics endpoint (`/metrics`); "off" disables it. The
+    /// default is the node's loopback: give the node's internal address for a scraper
+    /// elsewhere (pods never reach it through the bridge either way).
+    #[arg(long, default_value = "127.0.0.1:6782", env = "WEFT_METRICS_ADDR")]
     pub metrics_addr: String,
 
     /// Unix socket of the local API (status now; the CNI plugin's way in).
@@ -128,7 +130,11 @@ pub struct RmPeerArgs {
     /// Remove it even if it is reachable now (it will lose its address space).
     #[arg(long)]
     pub force: bool,
-    /// The router's API.
-    #[arg(long, default_value = "http://127.0.0.1:6784")]
+    /// The router's API socket (state-changing requests are served only there).
+    #[arg(
+        long,
+        default_value = "unix:/run/weft/weft.sock",
+        env = "WEFT_API_SOCKET"
+    )]
     pub addr: String,
 }

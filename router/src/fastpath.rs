@@ -203,29 +203,26 @@ impl Fastpath {
                 return off(format!("fastpath setup failed: {e}"));
             }
         };
-        // Encrypted: the port takes only what ESP decrypted (crate::vxlan_guard). Without
-        // the guard, plaintext VXLAN from a non-peer address would reach the pods: stay off.
-        let guarded = cfg.encrypted && esp;
-        let port = cfg.port;
-        let guard = tokio::task::spawn_blocking(move || {
-            if guarded {
-                crate::vxlan_guard::apply(port)
-            } else {
-                crate::vxlan_guard::remove()
-            }
-        })
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r);
-        match guard {
-            Ok(()) => {}
-            Err(e) if guarded => {
-                remove_stale_device().await;
-                return off(format!(
-                    "encryption required: cannot restrict the VXLAN port to ESP: {e:#}"
-                ));
-            }
-            Err(e) => debug!(error = %format!("{e:#}"), "no VXLAN guard table removed"),
+        // The port takes only what the peers sent, and when encrypted only what ESP
+        // decrypted (crate::vxlan_guard); no peer is known yet. Without the guard, VXLAN from
+        // any address (a host on the underlay, a pod through its gateway) would reach the pods'
+        // bridge: stay off.
+        let guard = crate::vxlan_guard::Guard {
+            port: cfg.port,
+            esp: cfg.encrypted && esp,
+            peers: Some(Vec::new()),
+        };
+        let g = guard.clone();
+        let applied = tokio::task::spawn_blocking(move || crate::vxlan_guard::apply_guard(&g))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        if let Err(e) = applied {
+            remove_stale_device().await;
+            return off(format!(
+                "cannot restrict the VXLAN port to the peers{}: {e:#}",
+                if guard.esp { " and to ESP" } else { "" }
+            ));
         }
         info!(
             device = VXLAN_IFNAME, port = cfg.port, mtu, df = ?state.df, esp,
@@ -255,6 +252,7 @@ impl Fastpath {
             findings: Vec::new(),
             esp_installed: HashMap::new(),
             esp_retiring: Vec::new(),
+            guard,
         };
         tokio::spawn(task.run(rx));
         Fastpath {
@@ -313,6 +311,8 @@ struct Task {
     /// reconcile has taken the peer's MACs off VXLAN: removing the ESP policy first would
     /// let frames still directed at the peer leave as plaintext VXLAN.
     esp_retiring: Vec<(u64, EspPeer)>,
+    /// The VXLAN guard in force (its peer list follows the candidates' addresses).
+    guard: crate::vxlan_guard::Guard,
 }
 
 impl Task {
@@ -570,6 +570,7 @@ impl Task {
                 },
             );
         }
+        self.update_guard(&peers).await;
         let local = local_ipv4_addrs();
         let plan = fdb::plan(&PlanInput {
             me,
@@ -597,6 +598,31 @@ impl Task {
             }
             Ok(r) => warn!(report = ?r, "fastpath: the kernel refused FDB changes; retrying"),
             Err(e) => warn!(error = %e, "fastpath: FDB reconcile failed"),
+        }
+    }
+
+    /// Puts the candidates' addresses into the VXLAN guard when they changed. Done before the
+    /// FDB moves anyone to the fastpath; a failure keeps the old list (a new peer's heartbeats
+    /// are then dropped, so it stays on the sleeve) and is retried on the next reconcile.
+    async fn update_guard(&mut self, peers: &BTreeMap<u64, PeerInput>) {
+        let mut addrs: Vec<Ipv4Addr> = peers.values().filter_map(|p| p.vxlan_addr).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        if self.guard.peers.as_ref() == Some(&addrs) {
+            return;
+        }
+        let mut g = self.guard.clone();
+        g.peers = Some(addrs);
+        let want = g.clone();
+        match tokio::task::spawn_blocking(move || crate::vxlan_guard::apply_guard(&want)).await {
+            Ok(Ok(())) => {
+                debug!(peers = ?g.peers, "fastpath: VXLAN guard follows the peers");
+                self.guard = g;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "fastpath: cannot update the VXLAN guard; retrying")
+            }
+            Err(e) => warn!(error = %e, "fastpath: the VXLAN guard task failed"),
         }
     }
 

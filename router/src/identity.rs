@@ -10,7 +10,16 @@ pub const CONTROL_PORT: u16 = 6783;
 /// The stable name: `--name` if given, else derived from the machine id, else the hostname.
 pub fn peer_name(flag: Option<&str>) -> anyhow::Result<PeerName> {
     if let Some(s) = flag {
-        return s.parse().with_context(|| format!("--name {s:?}"));
+        let name: PeerName = s.parse().with_context(|| {
+            format!("--name {s:?}: expected six hex octets like 02:00:00:00:00:07")
+        })?;
+        let first = (name.as_u64() >> 40) as u8;
+        if first & 1 == 1 || name.as_u64() == 0 {
+            bail!(
+                "--name {s}: the peer name is also the node bridge's MAC address, so it must be a                  unicast address (an even first octet, e.g. 02:...) and not all zeros"
+            );
+        }
+        return Ok(name);
     }
     for f in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
         if let Ok(id) = std::fs::read_to_string(f) {
@@ -146,6 +155,15 @@ mod tests {
         let n = peer_name(Some("02:00:00:00:00:01")).unwrap();
         assert_eq!(n.to_string(), "02:00:00:00:00:01");
         assert!(peer_name(Some("nonsense")).is_err());
+        // Not a unicast MAC (it becomes the bridge's address): refused with the reason.
+        for bad in [
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            let e = format!("{:#}", peer_name(Some(bad)).unwrap_err());
+            assert!(e.contains("unicast"), "{bad}: {e}");
+        }
         let id = identity(Some("02:00:00:00:00:01"), Some("n1")).unwrap();
         let id2 = identity(Some("02:00:00:00:00:01"), Some("n1")).unwrap();
         assert_ne!(id.uid, id2.uid, "every start gets a new uid");

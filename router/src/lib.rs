@@ -6,6 +6,8 @@
 //!   bound to the QUIC session; framing of gossip messages on per-channel streams.
 //! - `daemon`: the event loop that feeds the mesh and executes its actions.
 //! - `dataplane`: starts the sleeve (weft-sleeve) and feeds it sessions, routes and MACs.
+//! - `pods` / `pod_guard`: the CNI API's side in the loop (IPAM, endpoints) and what each
+//!   pod may send from its port (anti-spoofing, `weft_policy::guard`).
 //! - `status` / `metrics`: the peer status HTTP API (TCP and unix socket) and Prometheus metrics.
 //! - `client`: `weft status`, reading that API.
 //! - `lab`: `weft lab`, a local mesh in network namespaces.
@@ -26,6 +28,7 @@ pub mod lab;
 pub mod masq;
 pub mod metrics;
 mod nft_table;
+pub mod pod_guard;
 pub mod pods;
 pub mod startup;
 pub mod state;

@@ -3,18 +3,21 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `weft_peers` | gauge | |
+//! | `weft_identity_conflicts` | gauge | |
 //! | `weft_connections` | gauge | `state` = established, connecting, failed |
 //! | `weft_gossip_bytes_total` | counter | `direction` = sent, received |
 //! | `weft_gossip_messages_total` | counter | `direction` |
 //! | `weft_handshake_failures_total` | counter | `reason` = auth, password_mismatch, unreachable, refused, protocol |
 //! | `weft_gossip_decode_errors_total` | counter | |
+//! | `weft_gossip_dropped_records_total` | counter | |
 //! | `weft_build_info` | info | `version` |
 //! | `weft_sleeve_packets_total` | counter | `direction` = sent, received |
 //! | `weft_sleeve_bytes_total` | counter | `direction` |
-//! | `weft_sleeve_dropped_total` | counter | `reason` = malformed, unknown_session, auth, replay, bad_records, no_route, tap_write, send |
+//! | `weft_sleeve_dropped_total` | counter | `reason` = malformed, unknown_session, auth, replay, bad_records, no_route, tap_write, send, foreign_mac |
 //! | `weft_sleeve_relayed_records_total` | counter | |
 //! | `weft_sleeve_icmp_frag_needed_total` | counter | |
 //! | `weft_sleeve_endpoint_changes_total` | counter | |
+//! | `weft_pod_guard_drops_total` | counter | `reason` = the pod guard's counters (`weft_policy::guard::COUNTERS`): spoofed-mac, spoofed-ip, spoofed-arp, spoofed-nd, router-messages, ethertype, unknown-port, node-ports, node-router-messages |
 //! | `weft_policy_*` | | see [`crate::enforcer::metrics`] |
 //!
 //! Every label value is pre-created, so each series exists (at 0) from the start.
@@ -107,7 +110,9 @@ impl From<&weft_gossip::FailKind> for HandshakeFailure {
         match k {
             weft_gossip::FailKind::Unreachable => HandshakeFailure::Unreachable,
             weft_gossip::FailKind::Auth => HandshakeFailure::Auth,
-            weft_gossip::FailKind::Refused => HandshakeFailure::Refused,
+            weft_gossip::FailKind::Refused | weft_gossip::FailKind::DuplicateName => {
+                HandshakeFailure::Refused
+            }
             weft_gossip::FailKind::Protocol => HandshakeFailure::Protocol,
         }
     }
@@ -131,7 +136,7 @@ pub struct DropLabels {
 }
 
 /// The sleeve's drop reasons, in the order of [`sleeve_drops`].
-pub const SLEEVE_DROP_REASONS: [&str; 8] = [
+pub const SLEEVE_DROP_REASONS: [&str; 9] = [
     "malformed",
     "unknown_session",
     "auth",
@@ -140,9 +145,10 @@ pub const SLEEVE_DROP_REASONS: [&str; 8] = [
     "no_route",
     "tap_write",
     "send",
+    "foreign_mac",
 ];
 
-fn sleeve_drops(s: &weft_sleeve::engine::Stats) -> [u64; 8] {
+fn sleeve_drops(s: &weft_sleeve::engine::Stats) -> [u64; 9] {
     [
         s.drop_malformed,
         s.drop_unknown_session,
@@ -152,6 +158,7 @@ fn sleeve_drops(s: &weft_sleeve::engine::Stats) -> [u64; 8] {
         s.drop_no_route,
         s.drop_tap_write,
         s.drop_send,
+        s.drop_foreign_mac,
     ]
 }
 
@@ -178,6 +185,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// `weft_peers`: peers in the topology view (this router included).
     pub peers: Gauge,
+    /// `weft_identity_conflicts`: peer names used by two live routers, seen here.
+    pub identity_conflicts: Gauge,
     /// `weft_connections{state}`.
     pub connections: Family<ConnStateLabels, Gauge>,
     /// `weft_gossip_bytes_total{direction}`.
@@ -188,6 +197,10 @@ pub struct Metrics {
     pub handshake_failures: Family<ReasonLabels, Counter>,
     /// `weft_gossip_decode_errors_total`.
     pub decode_errors: Counter,
+    /// `weft_gossip_dropped_records_total`: records (and endpoints) from peers dropped for
+    /// breaking a bound, the connection kept.
+    pub dropped_records: Counter,
+    last_dropped_records: Mutex<u64>,
     /// `weft_sleeve_packets_total{direction}`, `weft_sleeve_bytes_total{direction}`.
     pub sleeve_packets: Family<GossipLabels, Counter>,
     pub sleeve_bytes: Family<GossipLabels, Counter>,
@@ -198,6 +211,9 @@ pub struct Metrics {
     pub sleeve_endpoint_changes: Counter,
     /// `weft_fastpath_switches_total{to}`: a peer's traffic moved between fastpath and sleeve.
     pub fastpath_switches: Family<SwitchLabels, Counter>,
+    /// `weft_pod_guard_drops_total{reason}`: what the pod guard dropped.
+    pub pod_guard_drops: Family<DropLabels, Counter>,
+    last_guard: Mutex<std::collections::BTreeMap<String, u64>>,
     last_sleeve: Mutex<weft_sleeve::engine::Stats>,
     /// The sleeve engine's counters, read at every scrape (see [`Metrics::watch_sleeve`]).
     sleeve_reader: Mutex<Option<weft_sleeve::engine::StatsReader>>,
@@ -221,6 +237,12 @@ impl Metrics {
             "weft_peers",
             "Peers in the topology view, this router included",
             peers.clone(),
+        );
+        let identity_conflicts = Gauge::default();
+        registry.register(
+            "weft_identity_conflicts",
+            "Peer names that two live routers use, as this router sees them (the second is refused)",
+            identity_conflicts.clone(),
         );
         let connections = Family::<ConnStateLabels, Gauge>::default();
         registry.register(
@@ -251,6 +273,12 @@ impl Metrics {
             "weft_gossip_decode_errors",
             "Gossip messages that could not be decoded",
             decode_errors.clone(),
+        );
+        let dropped_records = Counter::default();
+        registry.register(
+            "weft_gossip_dropped_records",
+            "Gossip records or endpoints from peers dropped for breaking a bound (the connection stays)",
+            dropped_records.clone(),
         );
         let sleeve_packets = Family::<GossipLabels, Counter>::default();
         registry.register(
@@ -300,6 +328,15 @@ impl Metrics {
         for to in ["fastpath", "sleeve"] {
             let _ = fastpath_switches.get_or_create(&SwitchLabels { to });
         }
+        let pod_guard_drops = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "weft_pod_guard_drops",
+            "Frames and packets the pod guard dropped (spoofing, router messages, the router's own ports), by reason",
+            pod_guard_drops.clone(),
+        );
+        for (_, reason, _) in weft_policy::guard::COUNTERS {
+            let _ = pod_guard_drops.get_or_create(&DropLabels { reason });
+        }
         registry.register(
             "weft_build",
             "weft build information",
@@ -328,11 +365,14 @@ impl Metrics {
         Arc::new(Metrics {
             registry,
             peers,
+            identity_conflicts,
             connections,
             gossip_bytes,
             gossip_messages,
             handshake_failures,
             decode_errors,
+            dropped_records,
+            last_dropped_records: Mutex::new(0),
             sleeve_packets,
             sleeve_bytes,
             sleeve_dropped,
@@ -340,6 +380,8 @@ impl Metrics {
             sleeve_icmp,
             sleeve_endpoint_changes,
             fastpath_switches,
+            pod_guard_drops,
+            last_guard: Mutex::new(Default::default()),
             last_sleeve: Mutex::new(Default::default()),
             sleeve_reader: Mutex::new(None),
             version,
@@ -364,11 +406,35 @@ impl Metrics {
         if let Some(r) = reader {
             self.set_sleeve_totals(&r.stats());
         }
+        {
+            let now = crate::transport::dropped_records();
+            let mut last = self
+                .last_dropped_records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            add_delta(&self.dropped_records, now, *last);
+            *last = now;
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an error would be a bug in a metric's encoder.
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding metrics into a String");
         out
+    }
+
+    /// Takes the pod guard's drop totals (see [`crate::pod_guard::GuardView::drops`]).
+    pub fn set_guard_drops(&self, totals: &std::collections::BTreeMap<String, u64>) {
+        let mut last = self.last_guard.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, reason, _) in weft_policy::guard::COUNTERS {
+            let now = totals.get(*reason).copied().unwrap_or(0);
+            let before = last.get(*reason).copied().unwrap_or(0);
+            add_delta(
+                &self.pod_guard_drops.get_or_create(&DropLabels { reason }),
+                now,
+                before,
+            );
+            last.insert(reason.to_string(), now);
+        }
     }
 
     pub fn set_peers(&self, n: i64) {

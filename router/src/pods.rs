@@ -6,7 +6,7 @@
 //! nft) is spawned and reports back.
 
 use crate::api::{
-    code, AddOutcome, AddReply, ApiCommand, ApiError, Attachment, GcReply, RmPeerReply,
+    code, AddOutcome, AddReply, ApiCommand, ApiError, Attachment, GcReply, Reply, RmPeerReply,
 };
 use crate::state::{self, LocalEndpoint};
 use ipnet::Ipv4Net;
@@ -41,6 +41,10 @@ pub struct Pods {
     pub state_dir: PathBuf,
     pub gateway: Gateway,
     pub endpoints: state::Endpoints,
+    /// The local endpoints changed: the pod guard must follow ([`Pods::guard_ports`]).
+    pub guard_dirty: bool,
+    /// Attachments waiting for their port's guard before the plugin is told they are done.
+    pub guard_waiters: Vec<Reply<()>>,
 }
 
 fn key(a: &Attachment) -> AllocKey {
@@ -72,7 +76,24 @@ impl Pods {
             state_dir,
             gateway: Gateway::Waiting(Instant::now()),
             endpoints,
+            guard_dirty: true,
+            guard_waiters: Vec::new(),
         }
+    }
+
+    /// The pod ports to guard: every local endpoint's host port, MAC and addresses.
+    pub fn guard_ports(&self) -> Vec<weft_policy::guard::PodPort> {
+        self.endpoints
+            .values()
+            .filter_map(|e| {
+                Some(weft_policy::guard::PodPort {
+                    host_ifname: e.host_ifname.clone(),
+                    mac: parse_mac(&e.mac)?,
+                    ipv4: e.ip.parse::<Ipv4Addr>().ok().into_iter().collect(),
+                    ipv6: Vec::new(),
+                })
+            })
+            .collect()
     }
 
     /// The endpoint list to gossip.
@@ -105,7 +126,11 @@ impl Pods {
             Gateway::Waiting(at) if now < *at => None,
             Gateway::Waiting(_) => match mesh.ipam_allocate(gateway_key(), None, now) {
                 Ok(a) => {
-                    self.save_ipam(mesh);
+                    if self.save_ipam(mesh).is_err() {
+                        // Not on the bridge before it is on disk; the next try writes again.
+                        self.gateway = Gateway::Waiting(now + Duration::from_secs(1));
+                        return None;
+                    }
                     let net = Ipv4Net::new(a.ip, a.prefix_len).ok()?;
                     self.gateway = Gateway::Setting(net);
                     Some(net)
@@ -153,19 +178,28 @@ impl Pods {
     }
 
     /// Writes the IPAM snapshot. Called before a CNI answer that depends on it, so an
-    /// address handed out is never forgotten by a crash.
-    pub fn save_ipam(&self, mesh: &Mesh) {
-        if let Err(e) =
-            state::write_atomic(&self.state_dir, state::IPAM_FILE, &mesh.ipam_snapshot())
-        {
-            warn!(error = %format!("{e:#}"), "cannot save the IPAM state");
-        }
+    /// address handed out is never forgotten by a crash: an error means the answer must not
+    /// be given (the caller undoes the allocation).
+    pub fn save_ipam(&self, mesh: &Mesh) -> Result<(), String> {
+        state::write_atomic(&self.state_dir, state::IPAM_FILE, &mesh.ipam_snapshot()).map_err(|e| {
+            let e = format!("{e:#}");
+            warn!(error = %e, "cannot save the IPAM state");
+            e
+        })
     }
 
-    fn save_endpoints(&self) {
-        if let Err(e) = state::save_endpoints(&self.state_dir, &self.endpoints) {
+    fn save_endpoints(&self) -> Result<(), String> {
+        state::save_endpoints(&self.state_dir, &self.endpoints).map_err(|e| {
+            let e = format!("{e:#}");
             warn!(error = %e, "cannot save the local endpoints");
-        }
+            e
+        })
+    }
+
+    /// The endpoints changed: gossip them, and have the guard follow.
+    fn endpoints_changed(&mut self, mesh: &mut Mesh, now: Instant) -> Vec<Action> {
+        self.guard_dirty = true;
+        mesh.set_local_endpoints(self.gossip_endpoints(), now)
     }
 
     /// Answers one API command; returns mesh actions to execute.
@@ -191,11 +225,22 @@ impl Pods {
                     (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
                     _ => None,
                 };
+                let existed = mesh.ipam_lookup(&key(&a)).is_some();
                 let out = match mesh.ipam_allocate(key(&a), pod, now) {
-                    Ok(al) => {
-                        self.save_ipam(mesh);
-                        Ok(AddOutcome::Done(self.reply(al.ip, al.prefix_len, gw)))
-                    }
+                    Ok(al) => match self.save_ipam(mesh) {
+                        Ok(()) => Ok(AddOutcome::Done(self.reply(al.ip, al.prefix_len, gw))),
+                        Err(e) => {
+                            // Not durably recorded: nothing is handed out. A retried ADD of an
+                            // address recorded earlier keeps it (a pod may hold it).
+                            if !existed {
+                                mesh.ipam_release(&key(&a), now);
+                            }
+                            Err(ApiError::new(
+                                code::TRY_AGAIN,
+                                format!("cannot record the address in the state directory: {e}"),
+                            ))
+                        }
+                    },
                     Err(IpamError::Pending { retry_at }) => Ok(AddOutcome::RetryAt(retry_at)),
                     Err(e @ (IpamError::Exhausted { .. } | IpamError::CidrExhausted { .. })) => {
                         Err(ApiError::new(code::EXHAUSTED, e.to_string()))
@@ -217,34 +262,61 @@ impl Pods {
                     )));
                     return Vec::new();
                 };
-                if parse_mac(&req.mac).is_none() {
+                match parse_mac(&req.mac) {
+                    Some(m) if m[0] & 1 == 0 && m != [0; 6] => {}
+                    _ => {
+                        let _ = reply.send(Err(ApiError::new(
+                            code::ROUTER,
+                            format!("invalid MAC {:?} (must be unicast)", req.mac),
+                        )));
+                        return Vec::new();
+                    }
+                }
+                let host_ifname = weft_fastpath::host_ifname_for(&a.container_id, &a.ifname);
+                if req.host_ifname != host_ifname {
                     let _ = reply.send(Err(ApiError::new(
                         code::ROUTER,
-                        format!("invalid MAC {:?}", req.mac),
+                        format!(
+                            "host interface {:?} is not the one weft-net makes for this attachment ({host_ifname})",
+                            req.host_ifname
+                        ),
                     )));
                     return Vec::new();
                 }
-                self.endpoints.insert(
-                    a,
+                let before = self.endpoints.insert(
+                    a.clone(),
                     LocalEndpoint {
                         mac: req.mac.to_ascii_lowercase(),
                         ip: al.ip.to_string(),
-                        host_ifname: req.host_ifname,
+                        host_ifname,
                         pod: al.pod,
                     },
                 );
-                self.save_endpoints();
-                let _ = reply.send(Ok(()));
-                mesh.set_local_endpoints(self.gossip_endpoints(), now)
+                if let Err(e) = self.save_endpoints() {
+                    match before {
+                        Some(b) => self.endpoints.insert(a, b),
+                        None => self.endpoints.remove(&a),
+                    };
+                    let _ = reply.send(Err(ApiError::new(
+                        code::TRY_AGAIN,
+                        format!("cannot record the endpoint in the state directory: {e}"),
+                    )));
+                    return Vec::new();
+                }
+                // Answered once the port's guard is in force (see crate::pod_guard).
+                self.guard_waiters.push(reply);
+                self.endpoints_changed(mesh, now)
             }
             ApiCommand::Del(a, reply) => {
+                // A release that cannot be written is still made: at worst a restart brings
+                // the address back as allocated, which GC releases again. Never the reverse.
                 if mesh.ipam_release(&key(&a), now).is_some() {
-                    self.save_ipam(mesh);
+                    let _ = self.save_ipam(mesh);
                 }
                 let mut actions = Vec::new();
                 if self.endpoints.remove(&a).is_some() {
-                    self.save_endpoints();
-                    actions.extend(mesh.set_local_endpoints(self.gossip_endpoints(), now));
+                    let _ = self.save_endpoints();
+                    actions.extend(self.endpoints_changed(mesh, now));
                 }
                 let _ = reply.send(Ok(()));
                 actions
@@ -265,15 +337,15 @@ impl Pods {
                 valid.push(gateway_key());
                 let released = mesh.ipam_gc(&valid, now);
                 if !released.is_empty() {
-                    self.save_ipam(mesh);
+                    let _ = self.save_ipam(mesh);
                 }
                 let keep: std::collections::BTreeSet<&Attachment> = req.valid.iter().collect();
                 let before = self.endpoints.len();
                 self.endpoints.retain(|a, _| keep.contains(a));
                 let mut actions = Vec::new();
                 if self.endpoints.len() != before {
-                    self.save_endpoints();
-                    actions.extend(mesh.set_local_endpoints(self.gossip_endpoints(), now));
+                    let _ = self.save_endpoints();
+                    actions.extend(self.endpoints_changed(mesh, now));
                 }
                 let _ = reply.send(Ok(GcReply {
                     released: released.len(),
@@ -294,7 +366,8 @@ impl Pods {
                     )),
                     Some(n) => match mesh.remove_peer(n, req.force, now) {
                         Ok(o) => {
-                            self.save_ipam(mesh);
+                            // Taken over in memory either way; the loop writes it again.
+                            let _ = self.save_ipam(mesh);
                             info!(peer = %n, addresses = o.addresses, "took over a removed peer's address space");
                             Ok(RmPeerReply {
                                 peer: n.to_string(),

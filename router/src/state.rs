@@ -22,18 +22,59 @@ pub struct LocalEndpoint {
     pub pod: Option<String>,
 }
 
-/// Writes `bytes` to `dir/name` atomically.
+/// Writes `bytes` to `dir/name` atomically and durably: a temporary file (mode 0600: the state
+/// names every pod and address of the node), fsync, rename, fsync of the directory. An error
+/// at any step (a full disk among them) is returned, and a temporary file left by it removed:
+/// the caller must not act as if the state were written.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("replacing {}", path.display()));
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
     Ok(())
+}
+
+/// Removes temporary files an interrupted [`write_atomic`] left in `dir` (`.NAME.tmp`), and
+/// makes the state files readable by root only (earlier builds wrote them 0644). Returns
+/// the names removed.
+pub fn tidy(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            if std::fs::remove_file(e.path()).is_ok() {
+                removed.push(name);
+            }
+        } else if [IPAM_FILE, ENDPOINTS_FILE].contains(&name.as_str()) {
+            let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    removed
 }
 
 /// Reads `dir/name`; a missing file is `None`.

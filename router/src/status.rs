@@ -61,11 +61,63 @@ pub struct Status {
     /// without `--kube`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube: Option<crate::kube::KubeStatus>,
+    /// Peer names used by two live routers, as this router sees them (the second one is
+    /// refused); empty normally.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_conflicts: Vec<IdentityConflict>,
+    /// Peers refuse this router because another router with its name is connected to
+    /// them: it hands out no pod addresses meanwhile. Absent normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_as_duplicate: Option<RefusedAsDuplicate>,
+    /// The pod guard (anti-spoofing, the router's ports shut to pods): whether it is in
+    /// force, how many pod ports it guards, what it dropped. Absent while the router runs no
+    /// mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_guard: Option<crate::pod_guard::GuardView>,
     /// Why this router is not ready (`GET /readyz` answers 503 with it); absent when ready.
     /// Not ready: waiting for the network password, the node's gateway not set up yet,
     /// Kubernetes caches not synced, or peers known but no connection established.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_ready: Option<String>,
+}
+
+/// Two routers with one peer name: which keeps it here, which is refused.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IdentityConflict {
+    pub name: String,
+    /// The name is this router's own: another router uses it.
+    pub ours: bool,
+    pub kept_uid: String,
+    pub refused_uid: String,
+    /// Where the refused router's last connection came from.
+    pub refused_address: String,
+    pub refusals: u64,
+    pub since_secs: u64,
+}
+
+/// This router is the duplicate of a live router with its name, as its peers see it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RefusedAsDuplicate {
+    pub name: String,
+    pub refusals: u64,
+    pub since_secs: u64,
+    /// The peer that refused it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refused_by: Option<String>,
+}
+
+impl RefusedAsDuplicate {
+    pub fn describe(&self) -> String {
+        format!(
+            "peers refuse this router: another router with its name {} is connected to them ({} refusals{}); it hands out no pod addresses until each router has its own --name (cloned machines share /etc/machine-id)",
+            self.name,
+            self.refusals,
+            self.last_refused_by
+                .as_deref()
+                .map(|a| format!(", last by {a}"))
+                .unwrap_or_default()
+        )
+    }
 }
 
 /// One pod interface of the mesh, from the gossiped endpoint table.
@@ -300,6 +352,28 @@ impl Status {
                 ),
             ),
         ];
+        if let Some(g) = &self.pod_guard {
+            rows.push(("Pod guard", g.summary()));
+        }
+        if let Some(r) = &self.refused_as_duplicate {
+            rows.push(("NAME CONFLICT", r.describe()));
+        }
+        for c in &self.identity_conflicts {
+            rows.push((
+                "NAME CONFLICT",
+                if c.ours {
+                    format!(
+                        "another router uses this router's name {} (uid {}, from {}): it is refused; give each router its own --name",
+                        c.name, c.refused_uid, c.refused_address
+                    )
+                } else {
+                    format!(
+                        "two routers use the name {}: uid {} keeps it, uid {} from {} is refused ({} times)",
+                        c.name, c.kept_uid, c.refused_uid, c.refused_address, c.refusals
+                    )
+                },
+            ));
+        }
         if let Some(k) = &self.kube {
             rows.push(("Kubernetes", k.summary()));
         }

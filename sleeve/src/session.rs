@@ -602,6 +602,14 @@ impl RxSession {
         self.next2.as_ref()
     }
 
+    /// The newest counter accepted so far (`None` before the first packet). A packet whose
+    /// counter is above it is the newest the peer has sent that we have seen; only such a
+    /// packet may move the peer's address (an older one may be a datagram an on-path attacker
+    /// held back and replays from elsewhere).
+    pub fn latest_counter(&self) -> Option<u64> {
+        self.window.latest()
+    }
+
     /// Erases the previous key once its grace period is over. `open` does this too; call it
     /// from a timer so an idle session does not keep the old key around.
     pub fn expire(&mut self, now: Instant) {

@@ -109,6 +109,9 @@ async fn plumb(
     host.set_link("labelling the host end (alias)", &req.host_ifname, msg)
         .await?;
     let peer = host.require_link(&tmp).await?;
+    let pod_mac = peer
+        .mac
+        .ok_or_else(|| params.conflict("has no Ethernet address".into()))?;
     let mv = LinkUnspec::new_with_index(peer.index)
         .setns_by_fd(ns.raw_fd())
         .build();
@@ -119,11 +122,10 @@ async fn plumb(
     let host_end = host.require_link(&req.host_ifname).await?;
     host.enslave_up(&host_end, bridge.index, req.mtu).await?;
     ensure_hairpin(host, &host_end, bridge).await?;
+    host.lock_pod_port(&host_end, pod_mac).await?;
 
     let p = params.clone();
-    let host2 = host.clone();
-    let host_index = host_end.index;
-    let (mac, index) = ns
+    let index = ns
         .run(move |nl| async move {
             let l = nl.require_link(&tmp).await?;
             let rename = LinkUnspec::new_with_index(l.index)
@@ -135,15 +137,11 @@ async fn plumb(
                 .await?;
             let l = nl.require_link(&p.ifname).await?;
             ensure_pod_config(&nl, &l, &p).await?;
-            announce(&nl, &l, &host2, host_index, &p).await;
-            let mac = l
-                .mac
-                .ok_or_else(|| p.conflict("has no Ethernet address".into()))?;
-            Ok((mac, l.index))
+            Ok(l.index)
         })
         .await?;
     Ok(PodIface {
-        mac,
+        mac: pod_mac,
         host_ifname: req.host_ifname.clone(),
         ifindex_in_pod: index,
     })
@@ -159,6 +157,31 @@ async fn ensure_hairpin(host: &Netlink, host_end: &Link, bridge: &Link) -> Resul
         return Ok(());
     }
     host.enable_port_hairpin(host_end).await
+}
+
+/// Announce the pod's address with one gratuitous ARP, from inside the pod. Call it once the
+/// router has put the pod's port guard in place (`POST /cni/v1/attached`): until then the
+/// bridge drops every frame from the new port, the announcement included. Best effort: a
+/// pod or host end that has gone, a timeout or a send failure is logged, not returned; only
+/// an unusable request or namespace is an error.
+pub async fn announce_pod_interface(req: &PodIfaceRequest) -> Result<()> {
+    validate(req)?;
+    let ns = Netns::open(&req.netns)?;
+    let host = Netlink::current()?;
+    let Some(host_end) = host.link(&req.host_ifname).await? else {
+        warn!(host_ifname = %req.host_ifname, "no gratuitous ARP: the host end is gone");
+        return Ok(());
+    };
+    let p = PodParams::of(req);
+    let host_index = host_end.index;
+    ns.run(move |nl| async move {
+        match nl.link(&p.ifname).await? {
+            Some(l) => announce(&nl, &l, &host, host_index, &p).await,
+            None => warn!(ifname = %p.ifname, "no gratuitous ARP: the pod interface is gone"),
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Send the announcement once it can arrive: the pod end must be operationally up and the
@@ -257,19 +280,16 @@ async fn readopt(
     };
     host.enslave_up(&host_end, bridge.index, req.mtu).await?;
     ensure_hairpin(host, &host_end, bridge).await?;
+    let mac = pod_link
+        .mac
+        .ok_or_else(|| params.conflict("has no Ethernet address".into()))?;
+    host.lock_pod_port(&host_end, mac).await?;
     let p = params.clone();
-    let host2 = host.clone();
-    let host_index = host_end.index;
-    let (mac, index) = ns
+    let index = ns
         .run(move |nl| async move {
             let l = nl.require_link(&p.ifname).await?;
             ensure_pod_config(&nl, &l, &p).await?;
-            let l = nl.require_link(&p.ifname).await?;
-            announce(&nl, &l, &host2, host_index, &p).await;
-            let mac = l
-                .mac
-                .ok_or_else(|| p.conflict("has no Ethernet address".into()))?;
-            Ok((mac, l.index))
+            Ok(l.index)
         })
         .await?;
     debug!(ifname = %req.ifname, netns = %req.netns.display(), "ADD retried: attachment already in place");

@@ -7,8 +7,8 @@ use crate::nl::Netlink;
 use crate::node::require_bridge;
 
 /// Verify an attachment: the pod interface exists, is up, peered with the host end, has the
-/// address, MTU and default route; the host end is up, on the bridge (hairpin mode on), with
-/// the MTU. Every mismatch is listed in one [`Error::CheckFailed`].
+/// address, MTU and default route; the host end is up, on the bridge (hairpin mode on, no
+/// learning, no flooding), with the MTU. Every mismatch is listed in one [`Error::CheckFailed`].
 pub async fn check_pod_interface(req: &PodIfaceRequest) -> Result<()> {
     validate(req)?;
     let ns = Netns::open(&req.netns)?;
@@ -34,8 +34,18 @@ pub async fn check_pod_interface(req: &PodIfaceRequest) -> Result<()> {
                         "host interface is not attached to bridge {}",
                         b.name
                     ));
-                } else if h.port_hairpin != Some(true) {
-                    problems.push("hairpin mode is off on the host interface's bridge port".into());
+                } else {
+                    if h.port_hairpin != Some(true) {
+                        problems
+                            .push("hairpin mode is off on the host interface's bridge port".into());
+                    }
+                    if h.port_learning != Some(false) {
+                        problems.push("the bridge learns MACs on the host interface's port".into());
+                    }
+                    if h.port_flood != Some(false) {
+                        problems
+                            .push("unknown unicast is flooded to the host interface's port".into());
+                    }
                 }
             }
             if h.mtu != Some(req.mtu) {

@@ -2,8 +2,10 @@
 //!
 //! ADD creates the pair in the host namespace (host end `vethweXXXXXXXX`, pod end under a
 //! temporary name), moves the pod end into the pod namespace, attaches the host end to the
-//! bridge with hairpin mode on, then inside the pod renames the pod end to `ifname`, sets MTU,
-//! address, up (and `lo` up), the default route via the node's gateway, and announces the
+//! bridge with hairpin mode on and the port locked to the pod's MAC (no learning, no
+//! unknown-unicast flooding, a static sticky FDB entry), then inside the pod renames the pod
+//! end to `ifname`, sets MTU, address, up (and `lo` up) and the default route via the node's
+//! gateway. Once the router has guarded the port, [`announce_pod_interface`] announces the
 //! address with one gratuitous ARP.
 //!
 //! Hairpin mode lets the bridge send a frame back out of the port it came in on. It is what
@@ -29,16 +31,34 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
-use crate::nl::validate_ifname;
+use crate::nl::{validate_ifname, Netlink};
 use crate::node::{validate_mtu, HOST_VETH_PREFIX};
 
 mod add;
 mod check;
 mod del;
 
-pub use add::add_pod_interface;
+pub use add::{add_pod_interface, announce_pod_interface};
 pub use check::check_pod_interface;
 pub use del::del_pod_interface;
+
+/// Lock the host end `host_ifname` of a pod's veth to the pod's `mac` again (see
+/// [`Netlink::lock_pod_port`]): what ADD did, repeated by the router to repair a port someone
+/// changed. Only a veth that is a port of some bridge is touched.
+pub async fn lock_host_port(host_ifname: &str, mac: [u8; 6]) -> Result<()> {
+    validate_ifname(host_ifname)?;
+    let nl = Netlink::current()?;
+    let l = nl.require_link(host_ifname).await?;
+    if !l.is_kind("veth") || l.controller.is_none() {
+        return Err(Error::WrongLinkType {
+            name: l.name.clone(),
+            ns: nl.ns().to_string(),
+            found: l.kind_name(),
+            expected: "veth attached to the node bridge",
+        });
+    }
+    nl.lock_pod_port(&l, mac).await
+}
 
 /// One pod attachment, as the router hands it to us.
 #[derive(Debug, Clone, PartialEq, Eq)]

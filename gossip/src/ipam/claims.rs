@@ -107,6 +107,22 @@ impl Local {
             && self.removals.is_empty()
     }
 
+    /// Peers refuse us as a duplicate of a live router with our name: the name's blocks
+    /// are the other router's. Drops our pending claims and the settled blocks we hold no
+    /// address in (those we do stay, so nothing handed out is given out again).
+    pub fn give_up_as_duplicate(&mut self) {
+        let (space, allocs) = (&self.space, &self.allocs);
+        let before = (self.pending.len(), self.settled.len());
+        self.pending.clear();
+        let fixed = self.fixed.as_ref();
+        self.settled.retain(|&b| {
+            allocs.used_in(space, b) > 0 || fixed.is_some_and(|f| f.blocks.contains(&b))
+        });
+        if before != (self.pending.len(), self.settled.len()) {
+            self.changed();
+        }
+    }
+
     fn changed(&mut self) {
         self.dirty = true;
         self.persist = true;

@@ -147,6 +147,10 @@ pub enum IpamError {
     Snapshot(String),
     #[error("IPAM state can only be restored before the first allocation or claim")]
     AlreadyStarted,
+    /// Peers refuse this router as a duplicate: another live router has its name, and the
+    /// blocks of that name are the other router's (CNI: try again later).
+    #[error("this router hands out no addresses: another router with the peer name {0} is connected to the mesh and peers refuse this one; give each router its own --name (cloned machines share /etc/machine-id)")]
+    NameInUse(PeerName),
     #[error("a router cannot remove itself")]
     RemoveSelf,
     #[error("peer {0} is reachable; remove only peers that are gone for good (or force it)")]
@@ -338,6 +342,10 @@ impl Mesh {
             return;
         };
         let env = Env { me, now, fetching };
+        let duplicate = self.names.refused(now).is_some();
+        if duplicate {
+            local.give_up_as_duplicate();
+        }
         if local.recheck {
             local.reconcile(
                 view(&ipam.index, &local.space, &ipam.store, &ipam.removed),
@@ -345,7 +353,8 @@ impl Mesh {
             );
         }
         local.settle_due(&env);
-        if local.wants_claim(&env) {
+        // A duplicate of a live router claims nothing (the name's blocks are the other's).
+        if local.wants_claim(&env) && !duplicate {
             local.claim(
                 view(&ipam.index, &local.space, &ipam.store, &ipam.removed),
                 &env,
@@ -396,6 +405,9 @@ impl Mesh {
         now: Instant,
     ) -> Result<Allocation, IpamError> {
         self.ipam.check()?;
+        if self.names.refused(now).is_some() {
+            return Err(IpamError::NameInUse(self.me.name));
+        }
         if let Some(mut a) = self.ipam_lookup(&key) {
             let local = self.ipam.local.as_mut().expect("checked");
             if pod.is_some() && local.allocs.set_pod(&key, pod.clone()) {

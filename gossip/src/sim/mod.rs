@@ -90,6 +90,8 @@ pub struct PeerOptions {
     pub endpoints: Vec<Endpoint>,
     /// IPAM configuration replacing the simulation's (e.g. another range).
     pub ipam: Option<crate::ipam::IpamConfig>,
+    /// Another peer's name instead of its own (a cloned machine).
+    pub name: Option<PeerName>,
 }
 
 struct Peer {
@@ -323,7 +325,9 @@ impl Sim {
     pub fn add_peer(&mut self, opts: PeerOptions) -> PeerId {
         let i = self.peers.len();
         let addr = Self::addr_of(i);
-        let name = PeerName::derive(&format!("sim-peer-{}-{i}", self.cfg.seed));
+        let name = opts
+            .name
+            .unwrap_or_else(|| PeerName::derive(&format!("sim-peer-{}-{i}", self.cfg.seed)));
         let identity = Identity {
             name,
             nickname: format!("p{i}"),
@@ -636,8 +640,13 @@ impl Sim {
                         },
                     );
                     if !self.links[l].dead {
+                        let kind = if reason == crate::CloseReason::DuplicateName {
+                            FailKind::DuplicateName
+                        } else {
+                            FailKind::Refused
+                        };
                         let failure = Failure {
-                            kind: FailKind::Refused,
+                            kind,
                             detail: format!("closed by peer: {}", reason.as_str()),
                         };
                         let input = Input::ConnectionClosed {

@@ -56,7 +56,26 @@ fn main() {
         get("CNI_COMMAND").as_deref() == Some("VERSION") && std::io::stdin().is_terminal();
     let outcome = match skip_stdin {
         true => weft::cni::run(get, &stdin, &weft::cni::Fastpath),
-        false => match std::io::stdin().lock().read_to_end(&mut stdin) {
+        false => match std::io::stdin()
+            .lock()
+            .take(weft::cni::spec::MAX_STDIN as u64 + 1)
+            .read_to_end(&mut stdin)
+        {
+            Ok(n) if n > weft::cni::spec::MAX_STDIN => {
+                let err = weft::cni::CniError::new(
+                    weft::cni::spec::code::IO_FAILURE,
+                    "the network configuration on stdin is too large",
+                )
+                .with_details(format!(
+                    "more than {} bytes; a network configuration is a few kilobytes",
+                    weft::cni::spec::MAX_STDIN
+                ));
+                tracing::error!("{err}");
+                weft::cni::Outcome {
+                    stdout: err.to_json(weft::cni::spec::LATEST),
+                    exit_code: 1,
+                }
+            }
             Ok(_) => weft::cni::run(get, &stdin, &weft::cni::Fastpath),
             Err(e) => {
                 let err = weft::cni::CniError::new(

@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use weft_fastpath::{
-    add_pod_interface, check_pod_interface, del_pod_interface, host_ifname_for, Error, Ipv4Net,
-    Netlink, Netns, PodIfaceRequest,
+    add_pod_interface, announce_pod_interface, check_pod_interface, del_pod_interface,
+    host_ifname_for, Error, Ipv4Net, Netlink, Netns, PodIfaceRequest,
 };
 
 use super::plugin::{Plumbing, PodLinks, PodSpec};
@@ -70,6 +70,19 @@ fn is_current_netns(path: &str) -> bool {
     }
 }
 
+/// A pod is never the node: `CNI_NETNS` naming the namespace the plugin runs in (the host's,
+/// where the runtime runs it) would put the pod's address and default route on the node.
+fn refuse_own_netns(netns: &str) -> Result<(), CniError> {
+    if is_current_netns(netns) {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("invalid CNI_NETNS {netns}: it is the node's own network namespace"),
+        )
+        .with_details("a pod's interface goes into the pod's namespace, never the host's"));
+    }
+    Ok(())
+}
+
 fn fmt_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -97,11 +110,7 @@ async fn mac_of(netns: Option<&str>, name: &str) -> Result<String, CniError> {
 impl Plumbing for Fastpath {
     async fn exists(&self, netns: &str, ifname: &str) -> Result<bool, CniError> {
         let ns = Netns::open(netns).map_err(to_cni)?;
-        if is_current_netns(netns) {
-            // Our own namespace (a test, or a runtime giving the host's): no setns needed.
-            let nl = Netlink::current().map_err(to_cni)?;
-            return nl.link(ifname).await.map(|l| l.is_some()).map_err(to_cni);
-        }
+        refuse_own_netns(netns)?;
         let ifname = ifname.to_string();
         ns.run(move |nl| async move { nl.link(&ifname).await })
             .await
@@ -110,6 +119,7 @@ impl Plumbing for Fastpath {
     }
 
     async fn add(&self, spec: &PodSpec) -> Result<PodLinks, CniError> {
+        refuse_own_netns(&spec.netns)?;
         let req = request(spec)?;
         let iface = add_pod_interface(&req).await.map_err(to_cni)?;
         // The host end's MAC is for the result only: a failure to read it is not worth
@@ -137,7 +147,18 @@ impl Plumbing for Fastpath {
             .map_err(to_cni)
     }
 
+    async fn announce(&self, spec: &PodSpec) {
+        let r = match request(spec) {
+            Ok(req) => announce_pod_interface(&req).await.map_err(to_cni),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!("no gratuitous ARP for {}: {e}", spec.ifname);
+        }
+    }
+
     async fn check(&self, spec: &PodSpec) -> Result<PodLinks, CniError> {
+        refuse_own_netns(&spec.netns)?;
         let req = request(spec)?;
         check_pod_interface(&req).await.map_err(to_cni)?;
         let host_mac = mac_of(None, &req.host_ifname).await?;

@@ -3,7 +3,8 @@
 //! [`super::fastpath::Fastpath`]), in an order that leaves nothing half-created.
 //!
 //! ADD: the namespace must exist and must not have `CNI_IFNAME` yet (spec: error, nothing
-//! touched) → `POST /cni/v1/add` → plumbing → `POST /cni/v1/attached` → result. A failure
+//! touched) → `POST /cni/v1/add` → plumbing → `POST /cni/v1/attached` (answered once the
+//! router guards the pod's port) → gratuitous ARP → result. A failure
 //! after the router allocated undoes what this run created: the interface, then the address
 //! (`POST /cni/v1/del`).
 //!
@@ -93,6 +94,9 @@ pub trait Plumbing {
     ) -> Result<(), CniError>;
     /// Verifies it is as `spec` says; code 103 when not.
     async fn check(&self, spec: &PodSpec) -> Result<PodLinks, CniError>;
+    /// Announces the pod's address (gratuitous ARP) once the router has guarded its port;
+    /// best effort: a failure is logged, not returned.
+    async fn announce(&self, spec: &PodSpec);
 }
 
 /// Runs one invocation: `get` reads the environment, `stdin` is the network configuration.
@@ -260,6 +264,7 @@ async fn cmd_add<P: Plumbing>(
         }
         return Err(e);
     }
+    plumbing.announce(&spec).await;
     let ours = pod_result(
         &PodAttachment {
             host_ifname: links.host_ifname,
@@ -378,13 +383,17 @@ async fn cmd_gc(conf: &NetConf, router: &Router) -> Result<(), CniError> {
 }
 
 fn netns_must_exist(netns: &str) -> Result<(), CniError> {
-    if Path::new(netns).exists() {
-        return Ok(());
+    match std::fs::metadata(Path::new(netns)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {netns} does not exist"),
+        )),
+        Err(e) => Err(CniError::new(
+            code::IO_FAILURE,
+            format!("cannot open the network namespace {netns}: {e}"),
+        )),
     }
-    Err(CniError::new(
-        code::UNKNOWN_CONTAINER,
-        format!("network namespace {netns} does not exist"),
-    ))
 }
 
 /// The router's answer must be usable before anything is created from it.

@@ -190,6 +190,12 @@ impl Plumbing for FakePlumbing {
             .push(format!("plumbing check {} {}", spec.ifname, spec.ip));
         self.check.clone()
     }
+    async fn announce(&self, spec: &PodSpec) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("plumbing announce {} {}", spec.ifname, spec.ip));
+    }
 }
 
 const NETNS: &str = "/proc/self/ns/net";
@@ -275,6 +281,7 @@ fn add_allocates_plumbs_reports_and_returns_the_result() {
                 json!({"container_id": "c0ffee", "ifname": "eth0",
                        "mac": "02:00:00:00:00:07", "host_ifname": "vethwe01234567"})
             ),
+            "plumbing announce eth0 10.32.0.7/12".to_string(),
         ]
     );
 }

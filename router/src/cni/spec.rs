@@ -22,6 +22,9 @@ pub const SUPPORTED_VERSIONS: [CniVersion; 5] = [
 
 /// The newest spec version implemented.
 pub const LATEST: CniVersion = CniVersion::V1_1_0;
+/// The most weft-net reads from stdin: a network configuration (with a previous result or
+/// GC's attachment list) is kilobytes; a runtime that sends more is broken or hostile.
+pub const MAX_STDIN: usize = 4 << 20;
 
 /// Well-known CNI error codes (0-99 are the spec's, 100+ are weft's).
 pub mod code {
@@ -265,8 +268,18 @@ impl CniArgs {
                         )
                     })?)
                 }
-                "K8S_POD_NAMESPACE" => args.pod_namespace = opt(value),
-                "K8S_POD_NAME" => args.pod_name = opt(value),
+                "K8S_POD_NAMESPACE" => {
+                    crate::api::check_pod_namespace(value).map_err(|e| {
+                        CniError::new(code::INVALID_ENV, format!("invalid CNI_ARGS: {e}"))
+                    })?;
+                    args.pod_namespace = opt(value)
+                }
+                "K8S_POD_NAME" => {
+                    crate::api::check_pod_name(value).map_err(|e| {
+                        CniError::new(code::INVALID_ENV, format!("invalid CNI_ARGS: {e}"))
+                    })?;
+                    args.pod_name = opt(value)
+                }
                 "K8S_POD_INFRA_CONTAINER_ID" => args.pod_infra_container_id = opt(value),
                 "K8S_POD_UID" => args.pod_uid = opt(value),
                 _ => args.unknown.push((key.to_string(), value.to_string())),
@@ -392,8 +405,12 @@ impl Env {
     }
 }
 
-/// The spec's container ID: an alphanumeric first character, then alphanumerics, `_`, `.`, `-`.
+/// The spec's container ID: an alphanumeric first character, then alphanumerics, `_`, `.`, `-`;
+/// at most [`crate::api::MAX_CONTAINER_ID`] bytes.
 pub fn valid_container_id(id: &str) -> bool {
+    if id.len() > crate::api::MAX_CONTAINER_ID {
+        return false;
+    }
     let mut chars = id.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))

@@ -195,6 +195,11 @@ pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(crate::masq::remove).await??;
     tokio::task::spawn_blocking(crate::vxlan_guard::remove).await??;
     tokio::task::spawn_blocking(crate::enforcer::remove_table).await??;
+    tokio::task::spawn_blocking(|| {
+        weft_policy::Nft::new().apply_script(&weft_policy::guard::Guard::removal())
+    })
+    .await?
+    .context("removing the pod guard tables")?;
     for f in [
         state::IPAM_FILE,
         state::ENDPOINTS_FILE,
@@ -207,7 +212,7 @@ pub async fn reset(a: &RouterArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "weft reset: removed {} interface(s){}, the nftables tables {}, {} and inet weft-policy, and the state in {}",
+        "weft reset: removed {} interface(s){}, the nftables tables {}, {}, inet weft-policy, bridge weft-pods and inet weft-node, and the state in {}",
         removed.len(),
         if removed.is_empty() {
             String::new()
@@ -249,6 +254,13 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    let leftovers = state::tidy(&cfg.state_dir);
+    if !leftovers.is_empty() {
+        info!(
+            ?leftovers,
+            "removed temporary files of an interrupted state write"
+        );
+    }
     let node = weft_fastpath::NodeConfig {
         bridge: cfg.bridge.clone(),
         mtu: cfg.mtu,
@@ -335,12 +347,16 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
     .await;
     let (status_tx, status_rx) = watch::channel(Arc::new(base_status(&cfg, &transport)));
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCommand>(256);
-    let api = status::api_router(status_rx.clone()).merge(api::admin_router(api_tx.clone()));
-    let api = api.merge(api::policy_router(policy.as_ref().map(|p| p.view())));
+    let api = status::api_router(status_rx.clone())
+        .merge(api::policy_router(policy.as_ref().map(|p| p.view())));
     let status_listener = tokio::net::TcpListener::bind(cfg.status_addr)
         .await
         .with_context(|| format!("binding the status API on {}", cfg.status_addr))?;
-    tokio::spawn(status::serve_tcp(status_listener, api.clone()));
+    tokio::spawn(status::serve_tcp(
+        status_listener,
+        api.clone().merge(api::admin_refusal(&cfg.api_socket)),
+    ));
+    let api = api.merge(api::admin_router(api_tx.clone()));
     let unix = status::bind_unix(&cfg.api_socket)
         .with_context(|| format!("binding the API socket {}", cfg.api_socket.display()))?;
     // The unix socket also serves /metrics: local tools (and tests in namespaces) read
@@ -383,6 +399,18 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         endpoints,
     );
     let initial = mesh.set_local_endpoints(pods.gossip_endpoints(), Instant::now());
+    let guard_node = guard_node_ports(&cfg);
+    let (guard, first) = crate::pod_guard::PodGuard::start(
+        weft_policy::guard::Guard {
+            node: guard_node.clone(),
+            ports: pods.guard_ports(),
+        },
+        weft_policy::Nft::new(),
+    )
+    .await;
+    if let Err(e) = first {
+        warn!(error = %e, "the pod guard is not in force: no pod can be attached until it is (retrying)");
+    }
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(4096);
     let accepting = Arc::new(AtomicBool::new(true));
     tokio::spawn(accept_loop(
@@ -408,6 +436,8 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         routes_dirty: true,
         macs_dirty: true,
         kube,
+        guard,
+        guard_node,
     };
     use tokio::signal::unix::{signal, SignalKind};
     lp.execute(initial);
@@ -476,8 +506,12 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
             let actions = k.tick(&mut mesh, ready, now);
             lp.execute(actions);
         }
-        if std::mem::take(&mut lp.ipam_dirty) {
-            lp.pods.save_ipam(&mesh);
+        if std::mem::take(&mut lp.ipam_dirty) && lp.pods.save_ipam(&mesh).is_err() {
+            // Written again on the next change; the ADDs that need it fail meanwhile.
+            lp.ipam_dirty = true;
+        }
+        if std::mem::take(&mut lp.pods.guard_dirty) {
+            lp.update_guard();
         }
         if std::mem::take(&mut lp.routes_dirty) {
             lp.dataplane.update_routes(&mut mesh);
@@ -496,6 +530,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
             let mut st = lp.status(&mut mesh, now);
             st.policy = policy.as_ref().and_then(|p| p.summary());
             st.kube = lp.kube.as_ref().map(|k| k.status());
+            st.pod_guard = Some(lp.guard.view());
             st.not_ready = lp.not_ready(&st);
             lp.update_metrics(&mesh, &st);
             status_tx.send_replace(Arc::new(st));
@@ -533,9 +568,48 @@ struct Loop {
     macs_dirty: bool,
     /// `--kube`: the Kubernetes side (peers, pod CIDR, reclaims, policy inputs).
     kube: Option<crate::kube::driver::KubeDriver>,
+    /// What each pod may send from its port (see [`crate::pod_guard`]).
+    guard: crate::pod_guard::PodGuard,
+    guard_node: weft_policy::guard::NodePorts,
+}
+
+/// The router's own ports, shut to everything arriving through the node bridge.
+fn guard_node_ports(cfg: &RouterConfig) -> weft_policy::guard::NodePorts {
+    weft_policy::guard::NodePorts {
+        bridge: cfg.bridge.clone(),
+        udp: vec![cfg.listen.port(), cfg.sleeve_port, cfg.vxlan_port],
+        tcp: std::iter::once(cfg.status_addr.port())
+            .chain(cfg.metrics_addr.map(|a| a.port()))
+            .collect(),
+    }
 }
 
 impl Loop {
+    /// Hands the guard task the ports of the current endpoints; attachments waiting for it are
+    /// answered once it is in force.
+    fn update_guard(&mut self) {
+        let done = std::mem::take(&mut self.pods.guard_waiters)
+            .into_iter()
+            .map(|reply| -> crate::pod_guard::Done {
+                Box::new(move |r: Result<(), String>| {
+                    let _ = reply.send(r.map_err(|e| {
+                        api::ApiError::new(
+                            api::code::TRY_AGAIN,
+                            format!("cannot guard the pod's port: {e}"),
+                        )
+                    }));
+                })
+            })
+            .collect();
+        self.guard.set(
+            weft_policy::guard::Guard {
+                node: self.guard_node.clone(),
+                ports: self.pods.guard_ports(),
+            },
+            done,
+        );
+    }
+
     fn event(&mut self, mesh: &mut Mesh, ev: Event, now: Instant) -> Vec<Action> {
         match ev {
             Event::Established(mut pc) => {
@@ -661,12 +735,17 @@ impl Loop {
                     if let Some(c) = self.conns.get(&conn) {
                         let code = match reason {
                             CloseReason::ConnLimit => CloseCode::REFUSED,
+                            CloseReason::DuplicateName => CloseCode::DUPLICATE_NAME,
                             CloseReason::Protocol => CloseCode::PROTOCOL,
                             CloseReason::Duplicate | CloseReason::SelfConnection => {
                                 CloseCode::NORMAL
                             }
                         };
-                        debug!(conn, reason = reason.as_str(), "closing connection");
+                        if reason == CloseReason::DuplicateName {
+                            warn!(conn, "refusing a router that uses a peer name already in use here (see status: identity conflicts)");
+                        } else {
+                            debug!(conn, reason = reason.as_str(), "closing connection");
+                        }
                         c.handle.close(code, reason.as_str());
                     }
                 }

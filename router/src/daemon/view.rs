@@ -114,6 +114,27 @@ impl Loop {
             connections,
             ipam: self.ipam_info(mesh, now),
             pod_mtu: self.pods.mtu,
+            identity_conflicts: mesh
+                .name_conflicts(now)
+                .into_iter()
+                .map(|c| crate::status::IdentityConflict {
+                    name: c.name.to_string(),
+                    ours: c.name == me.name,
+                    kept_uid: c.kept.to_string(),
+                    refused_uid: c.refused.to_string(),
+                    refused_address: c.refused_addr.to_string(),
+                    refusals: c.refusals,
+                    since_secs: now.saturating_duration_since(c.since).as_secs(),
+                })
+                .collect(),
+            refused_as_duplicate: mesh.refused_as_duplicate(now).map(|r| {
+                crate::status::RefusedAsDuplicate {
+                    name: me.name.to_string(),
+                    refusals: r.refusals,
+                    since_secs: now.saturating_duration_since(r.since).as_secs(),
+                    last_refused_by: r.by.map(|a| a.to_string()),
+                }
+            }),
             endpoints: mesh
                 .endpoints()
                 .into_iter()
@@ -282,6 +303,15 @@ impl Loop {
 
     /// Why this router is not ready yet (see `Status::not_ready`), from its status.
     pub(super) fn not_ready(&self, st: &Status) -> Option<String> {
+        if let Some(g) = st.pod_guard.as_ref().filter(|g| !g.ok) {
+            return Some(format!(
+                "the pod guard is not in force: {}",
+                g.error.as_deref().unwrap_or("not applied yet")
+            ));
+        }
+        if let Some(r) = &st.refused_as_duplicate {
+            return Some(r.describe());
+        }
         if !matches!(self.pods.gateway, Gateway::Ready(_)) {
             return Some(format!(
                 "the node's pod gateway is not set up yet ({})",
@@ -322,6 +352,12 @@ impl Loop {
             count(ConnState::Failed),
         );
         self.metrics.set_peers(st.peers.len() as i64);
+        self.metrics.identity_conflicts.set(
+            (st.identity_conflicts.len() + usize::from(st.refused_as_duplicate.is_some())) as i64,
+        );
+        if let Some(g) = &st.pod_guard {
+            self.metrics.set_guard_drops(&g.drops);
+        }
         // The sleeve counters are read at every scrape (Metrics::watch_sleeve).
         let s = mesh.stats();
         self.metrics.set_gossip_totals(
@@ -376,6 +412,9 @@ pub(crate) fn config_status(cfg: &RouterConfig, listen: String) -> Status {
         endpoints: Vec::new(),
         policy: None,
         kube: None,
+        identity_conflicts: Vec::new(),
+        refused_as_duplicate: None,
+        pod_guard: None,
         not_ready: None,
     }
 }

@@ -743,16 +743,17 @@ fn router_argv(info: &LabInfo, node: &NodeInfo, password_file: Option<&Path>) ->
         a.push("--password-file".into());
         a.push(f.to_string_lossy().into_owned());
     }
-    a.extend(
-        [
-            "--status-addr",
-            "127.0.0.1:6784",
-            "--metrics-addr",
-            "127.0.0.1:6782",
-            "--api-socket",
-        ]
-        .map(String::from),
-    );
+    // The lab's own addresses, unless the extra router arguments give their own.
+    for (flag, value) in [
+        ("--status-addr", "127.0.0.1:6784"),
+        ("--metrics-addr", "127.0.0.1:6782"),
+    ] {
+        if !info.router_args.iter().any(|x| x == flag) {
+            a.push(flag.into());
+            a.push(value.into());
+        }
+    }
+    a.push("--api-socket".into());
     a.push(node.socket.to_string_lossy().into_owned());
     a.push("--state-dir".into());
     a.push(node.state_dir.to_string_lossy().into_owned());

@@ -386,13 +386,16 @@ async fn read_stream(
                 return;
             }
         };
-        match Message::decode(&body) {
-            Ok(msg) if msg.channel() == channel => {
+        match Message::decode_counted(&body) {
+            Ok((msg, dropped)) if msg.channel() == channel => {
+                if !dropped.is_empty() {
+                    note_dropped(&shared, channel, dropped);
+                }
                 if tx.send(msg).await.is_err() {
                     return;
                 }
             }
-            Ok(msg) => {
+            Ok((msg, _)) => {
                 shared.protocol_error(format!(
                     "{} message on the {} stream",
                     msg.channel().as_str(),
@@ -406,6 +409,33 @@ async fn read_stream(
             }
         }
     }
+}
+
+/// Records and endpoints dropped from peers' gossip since the process started (they broke a
+/// bound; see [`Message::decode_counted`]): `weft_gossip_dropped_records_total`.
+static DROPPED_RECORDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`DROPPED_RECORDS`].
+pub fn dropped_records() -> u64 {
+    DROPPED_RECORDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn note_dropped(shared: &Shared, channel: weft_gossip::Channel, d: weft_gossip::Dropped) {
+    use std::sync::atomic::Ordering;
+    let n = (d.records + d.endpoints) as u64;
+    let before = DROPPED_RECORDS.fetch_add(n, Ordering::Relaxed);
+    // A warning for the first few, then only the counter: a peer that keeps sending them
+    // cannot flood the log.
+    let fmt = |level_warn: bool| {
+        let remote = shared.conn.remote_address();
+        let reason = d.reason.unwrap_or("invalid");
+        if level_warn {
+            tracing::warn!(%remote, channel = channel.as_str(), records = d.records, endpoints = d.endpoints, reason, "dropped invalid gossip records (the connection stays)");
+        } else {
+            tracing::debug!(%remote, channel = channel.as_str(), records = d.records, endpoints = d.endpoints, reason, "dropped invalid gossip records");
+        }
+    };
+    fmt(before < 20);
 }
 
 /// Reads the link stream. Undecodable messages are skipped (logged at debug); a frame over

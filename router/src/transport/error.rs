@@ -23,6 +23,8 @@ impl CloseCode {
     pub const REFUSED: CloseCode = CloseCode(0x13);
     /// The peer broke the protocol (malformed preamble, frame or message).
     pub const PROTOCOL: CloseCode = CloseCode(0x14);
+    /// Another router with the dialer's peer name is connected here (`weft_gossip::names`).
+    pub const DUPLICATE_NAME: CloseCode = CloseCode(0x15);
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +34,7 @@ impl CloseCode {
             CloseCode::VERSION => "version",
             CloseCode::REFUSED => "refused",
             CloseCode::PROTOCOL => "protocol",
+            CloseCode::DUPLICATE_NAME => "duplicate-name",
             _ => "unknown",
         }
     }
@@ -41,6 +44,7 @@ impl CloseCode {
         match self {
             CloseCode::AUTH_FAILED | CloseCode::PASSWORD_MISMATCH => FailKind::Auth,
             CloseCode::VERSION | CloseCode::REFUSED => FailKind::Refused,
+            CloseCode::DUPLICATE_NAME => FailKind::DuplicateName,
             _ => FailKind::Protocol,
         }
     }
@@ -97,6 +101,8 @@ pub enum ConnectError {
     Version(String),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("refused: {0}")]
+    DuplicateName(String),
     #[error("protocol error: {0}")]
     Protocol(String),
 }
@@ -108,6 +114,7 @@ impl ConnectError {
             ConnectError::Unreachable(_) | ConnectError::Timeout => FailKind::Unreachable,
             ConnectError::Auth(_) | ConnectError::PasswordMismatch(_) => FailKind::Auth,
             ConnectError::Version(_) | ConnectError::Refused(_) => FailKind::Refused,
+            ConnectError::DuplicateName(_) => FailKind::DuplicateName,
             ConnectError::Protocol(_) => FailKind::Protocol,
         };
         Failure {
@@ -146,6 +153,9 @@ impl ConnectError {
                         or("our version is not supported")
                     )),
                     CloseCode::REFUSED => ConnectError::Refused(or("by the peer")),
+                    CloseCode::DUPLICATE_NAME => ConnectError::DuplicateName(or(
+                        "another router with our name is connected there",
+                    )),
                     CloseCode::PROTOCOL => {
                         ConnectError::Protocol(format!("the peer reports: {}", or("error")))
                     }
@@ -184,6 +194,7 @@ impl ConnectError {
             | ConnectError::PasswordMismatch(d)
             | ConnectError::Version(d)
             | ConnectError::Refused(d)
+            | ConnectError::DuplicateName(d)
             | ConnectError::Protocol(d) => d.clone(),
             ConnectError::Timeout => "handshake timed out".into(),
         }
@@ -196,6 +207,7 @@ impl ConnectError {
             ConnectError::PasswordMismatch(_) => CloseCode::PASSWORD_MISMATCH,
             ConnectError::Version(_) => CloseCode::VERSION,
             ConnectError::Refused(_) => CloseCode::REFUSED,
+            ConnectError::DuplicateName(_) => CloseCode::DUPLICATE_NAME,
             ConnectError::Protocol(_) | ConnectError::Timeout | ConnectError::Unreachable(_) => {
                 CloseCode::PROTOCOL
             }
@@ -238,6 +250,11 @@ impl ConnectionEnd {
             }
             ConnectionEnd::TimedOut | ConnectionEnd::Reset => FailKind::Unreachable,
             ConnectionEnd::Protocol(_) | ConnectionEnd::Transport(_) => FailKind::Protocol,
+        };
+        // We refused a duplicate ourselves: not a refusal of us.
+        let kind = match (self, kind) {
+            (ConnectionEnd::Local { .. }, FailKind::DuplicateName) => FailKind::Refused,
+            (_, k) => k,
         };
         Some(Failure {
             kind,

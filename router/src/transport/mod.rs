@@ -52,7 +52,7 @@ pub mod link;
 pub mod psk;
 pub mod tls;
 
-pub use conn::{ConnSender, PeerConn, SendError};
+pub use conn::{dropped_records, ConnSender, PeerConn, SendError};
 pub use error::{CloseCode, ConnectError, ConnectionEnd};
 pub use handshake::{
     decode_identity, encode_identity, parse_preamble, IdentityError, NoiseError, NoiseHandshake,

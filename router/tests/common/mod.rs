@@ -11,6 +11,8 @@ use weft::lab::pods::{start_pods, weft_net_beside, LabPod};
 use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 use weft_fastpath::netns::Netns;
 
+pub mod frames;
+
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 pub const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 

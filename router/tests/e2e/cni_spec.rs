@@ -75,9 +75,30 @@ fn conf(version: &str, socket: &str) -> String {
     json!({"cniVersion": version, "name": "weft", "type": "weft-net", "socket": socket}).to_string()
 }
 
-/// The namespace of the plugin process itself: it exists, and ADD's first look into it (is
-/// the interface name free?) changes nothing.
-const NETNS: &str = "/proc/self/ns/net";
+/// A namespace of the test's own, empty: it exists, and ADD's first look into it (is the
+/// interface name free?) changes nothing. (Not the plugin's own namespace: that is the node's,
+/// which weft-net refuses.) Removed when the test process exits.
+fn netns() -> &'static str {
+    static NS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        let name = format!("weft-cnispec-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "creating the network namespace {name} (needs root and iproute2)"
+        );
+        extern "C" fn remove() {
+            let name = format!("weft-cnispec-{}", std::process::id());
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+        // SAFETY: registers a plain function to run at exit.
+        unsafe { libc::atexit(remove) };
+        format!("/var/run/netns/{name}")
+    })
+}
 /// An interface name that exists nowhere.
 const IFNAME: &str = "wefttest0";
 
@@ -85,7 +106,7 @@ fn attach_env<'a>(command: &'a str, container: &'a str) -> Vec<(&'a str, &'a str
     vec![
         ("CNI_COMMAND", command),
         ("CNI_CONTAINERID", container),
-        ("CNI_NETNS", NETNS),
+        ("CNI_NETNS", netns()),
         ("CNI_IFNAME", IFNAME),
         ("CNI_PATH", "/opt/cni/bin"),
         (
@@ -216,6 +237,28 @@ fn add_with_a_dead_router_is_code_11_and_creates_nothing() {
     let host = weft_fastpath::host_ifname_for(container, IFNAME);
     assert!(!std::path::Path::new("/sys/class/net").join(&host).exists());
     assert!(!std::path::Path::new("/sys/class/net").join(IFNAME).exists());
+}
+
+#[test]
+fn add_into_the_nodes_own_namespace_is_refused_before_anything_is_done() {
+    // A runtime (or anyone who can run the plugin) naming the host's namespace must not get
+    // the node's own network reconfigured: no interface, no address, no route.
+    let container = "hostns0123";
+    for own in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+        let mut env = attach_env("ADD", container);
+        env.retain(|(k, _)| *k != "CNI_NETNS");
+        env.push(("CNI_NETNS", own));
+        let e = run(&env, &conf("1.0.0", &dead_socket())).error(4);
+        assert!(
+            e["msg"]
+                .as_str()
+                .unwrap()
+                .contains("the node's own network namespace"),
+            "{e}"
+        );
+    }
+    let host = weft_fastpath::host_ifname_for(container, IFNAME);
+    assert!(!std::path::Path::new("/sys/class/net").join(&host).exists());
 }
 
 #[test]

@@ -14,6 +14,8 @@ mod kube_support;
 mod cni_gc;
 mod cni_spec;
 mod fastpath;
+mod hostile_inputs;
+mod hostile_pods;
 mod kube_daemon;
 mod kube_install_cni;
 mod kube_node_status;

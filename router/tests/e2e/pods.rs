@@ -239,9 +239,15 @@ async fn rmpeer_takes_over_a_dead_nodes_space_and_errors_are_cni_json() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
+    // State-changing requests are not served on the TCP status address, which any local
+    // user or hostNetwork pod can reach: only on the root-owned socket.
+    let tcp = rm(&["--force", "--addr", "http://127.0.0.1:6784", &n2]);
+    assert!(!tcp.0, "rmpeer over TCP was served: {}", tcp.1);
+    assert!(tcp.1.contains("served only on the API socket"), "{}", tcp.1);
+    let socket = format!("unix:{}", lab.node_socket(1).display());
     let mut last = (false, String::new());
     for _ in 0..100 {
-        last = rm(&[&n2]);
+        last = rm(&["--addr", &socket, &n2]);
         if last.0 {
             break;
         }
@@ -262,7 +268,7 @@ async fn rmpeer_takes_over_a_dead_nodes_space_and_errors_are_cni_json() {
     })
     .await
     .unwrap();
-    let again = rm(&[&n2]);
+    let again = rm(&["--addr", &socket, &n2]);
     assert!(
         !again.0 && again.1.contains("already removed"),
         "{}",

@@ -57,6 +57,9 @@ fn sample() -> Status {
         uptime_secs: 3725,
         conn_limit: 100,
         pod_mtu: 1376,
+        pod_guard: None,
+        identity_conflicts: Vec::new(),
+        refused_as_duplicate: None,
         discovery: true,
         targets: vec!["10.201.0.12:6783".into(), "10.201.0.14:6783".into()],
         peers: vec![

@@ -74,6 +74,8 @@ pub struct Counters {
     /// Frames dropped: no route / no session to the next hop.
     pub drop_no_route: AtomicU64,
     pub drop_tap_write: AtomicU64,
+    /// Frames whose source MAC the gossiped table gives to another node.
+    pub drop_foreign_mac: AtomicU64,
     pub drop_send: AtomicU64,
     pub icmp_frag_needed: AtomicU64,
     pub endpoint_changes: AtomicU64,
@@ -100,6 +102,7 @@ impl Counters {
             drop_bad_records: g(&c.drop_bad_records),
             drop_no_route: g(&c.drop_no_route),
             drop_tap_write: g(&c.drop_tap_write),
+            drop_foreign_mac: g(&c.drop_foreign_mac),
             drop_send: g(&c.drop_send),
             icmp_frag_needed: g(&c.icmp_frag_needed),
             endpoint_changes: g(&c.endpoint_changes),
@@ -140,6 +143,7 @@ pub struct Stats {
     pub drop_bad_records: u64,
     pub drop_no_route: u64,
     pub drop_tap_write: u64,
+    pub drop_foreign_mac: u64,
     pub drop_send: u64,
     pub icmp_frag_needed: u64,
     pub endpoint_changes: u64,

@@ -56,11 +56,11 @@ impl Receiver {
             c.drop_unknown_session.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let opened = sess
-            .rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .open(pkt, now);
+        let (opened, newest_before) = {
+            let mut rx = sess.rx.lock().unwrap_or_else(|e| e.into_inner());
+            let before = rx.latest_counter();
+            (rx.open(pkt, now), before)
+        };
         let (hdr, range) = match opened {
             Ok(x) => x,
             Err(e) => {
@@ -77,7 +77,10 @@ impl Receiver {
         sess.rx_packets.fetch_add(1, Ordering::Relaxed);
         sess.last_rx_ms
             .store(self.shared.now_ms(now), Ordering::Relaxed);
-        if sess.learn_endpoint(src) {
+        // Only the newest packet moves the peer's address: a datagram with an older counter
+        // (held back by someone on the path and sent again from elsewhere) must not.
+        let newest = newest_before.is_none_or(|l| hdr.counter > l);
+        if newest && sess.learn_endpoint(src) {
             c.endpoint_changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = format_args!("{:012x}", sess.peer), endpoint = %src, "sleeve: peer's address changed; following it");
         }
@@ -174,6 +177,18 @@ impl Receiver {
         if frame.len() < 14 {
             return;
         }
+        // A source MAC that the gossiped table gives to another node (or to us) is not the
+        // sender's to use: the frame never reaches the bridge, so no frame can move a pinned
+        // MAC, whatever a peer's pods send.
+        let mac: [u8; 6] = frame[6..12].try_into().expect("length checked");
+        let pinned = self.relay.table().macs.get(&mac).copied();
+        if pinned.is_some_and(|owner| owner != src) {
+            self.shared
+                .counters
+                .drop_foreign_mac
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut vnet = [0u8; VNET_HDR_LEN];
         if let Some(o) = offload {
             o.to_vnet(&mut vnet);
@@ -203,8 +218,8 @@ impl Receiver {
                 return;
             }
         }
-        let mac: [u8; 6] = frame[6..12].try_into().expect("length checked");
-        if mac[0] & 1 == 0 && self.learned.get(&mac) != Some(&src) {
+        // Learned only where the gossiped table is silent (it wins when sending anyway).
+        if pinned.is_none() && mac[0] & 1 == 0 && self.learned.get(&mac) != Some(&src) {
             let mut shared = self
                 .shared
                 .learned

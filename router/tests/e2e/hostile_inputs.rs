@@ -1,0 +1,648 @@
+//! Hostile or unlucky input to a node: what a container runtime (or anyone who can run the
+//! plugin) passes to `weft-net`, and a full state directory. Each must be refused cleanly,
+//! never cost another node anything, and never hand out an address twice. Needs root,
+//! iproute2 and nft; skipped with a message otherwise.
+
+use crate::common::frames;
+use crate::common::*;
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft::lab::{self, LabPassword};
+
+fn netns_add(name: &str) {
+    ip(&["netns", "add", name]);
+}
+
+struct Namespaces(Vec<String>);
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn has_eth0(ns: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ip", "-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("eth0")
+}
+
+fn cni_error(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        !out.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_input_that_would_hurt_other_nodes_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let (lab, _g) = lab_with("hi", 2, LabPassword::None, &[]).await;
+    let conf = json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
+                      "socket": lab.node_socket(1)});
+    let tag = lab::random_alnum(4);
+    let pod = format!("whi{tag}");
+    netns_add(&pod);
+    let _ns = Namespaces(vec![pod.clone()]);
+    let node1 = lab.namespace(1);
+    let conns_before = lab.status(1).await.unwrap().connections;
+
+    // Pod names another node would refuse to take (over 512 bytes), or that would write
+    // forged lines into every node's log.
+    let long = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", "a".repeat(600));
+    let newline = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\nINFO weft: forged".to_string();
+    let upper = "K8S_POD_NAMESPACE=Default;K8S_POD_NAME=web-0".to_string();
+    for args in [&long, &newline, &upper] {
+        let out = run_weft_net(&node1, "ADD", "c-names", &pod, Some(args), &conf);
+        let e = cni_error(&out);
+        assert_eq!(e["code"], 4, "{e}");
+        assert!(e["msg"].as_str().unwrap().contains("K8S_POD_"), "{e}");
+        assert!(!e["msg"].as_str().unwrap().contains('\n'), "{e}");
+        assert!(!has_eth0(&pod), "nothing created");
+    }
+    // The same through the router's socket, for any other client of it: refused before
+    // anything is allocated.
+    let sock = format!("unix:{}", lab.node_socket(1).display());
+    let body = json!({"container_id": "c-api", "ifname": "eth0", "netns": format!("/var/run/netns/{pod}"),
+                      "pod_namespace": "default", "pod_name": "x".repeat(600)});
+    let (code, text) = weft::client::post_json(
+        &sock,
+        "/cni/v1/add",
+        &body.to_string(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("K8S_POD_NAME"), "{text}");
+    let container = json!({"container_id": "bad/../id", "ifname": "eth0", "netns": "/x"});
+    let (code, _) = weft::client::post_json(
+        &sock,
+        "/cni/v1/add",
+        &container.to_string(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400);
+
+    // CNI_NETNS naming the node's own namespace: the host is never configured as a pod.
+    let addrs_before = Command::new("ip")
+        .args(["netns", "exec", &node1, "ip", "-o", "addr"])
+        .output()
+        .unwrap()
+        .stdout;
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &node1, WEFT_NET])
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c-host")
+        .env("CNI_NETNS", "/proc/self/ns/net")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let e = cni_error(&child.wait_with_output().unwrap());
+    assert_eq!(e["code"], 4, "{e}");
+    assert!(
+        e["msg"].as_str().unwrap().contains("own network namespace"),
+        "{e}"
+    );
+    let addrs_after = Command::new("ip")
+        .args(["netns", "exec", &node1, "ip", "-o", "addr"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(addrs_before, addrs_after, "the node's addresses changed");
+
+    // Endless stdin: read only up to a bound, then refused at once.
+    let started = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node1, WEFT_NET])
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c-zero")
+        .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .output()
+        .unwrap();
+    let e = cni_error(&out);
+    assert_eq!(e["code"], 5, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A peer name that cannot be a MAC address is refused when the router starts, saying why.
+    // (In a namespace of the test's own; `timeout` ends a router that would start anyway.)
+    let scratch = std::env::temp_dir().join(format!("weft-hi-{tag}"));
+    let out = Command::new("timeout")
+        .args([
+            "5",
+            "ip",
+            "netns",
+            "exec",
+            &pod,
+            WEFT,
+            "router",
+            "--name",
+            "ff:ff:ff:ff:ff:ff",
+        ])
+        .arg("--state-dir")
+        .arg(&scratch)
+        .arg("--api-socket")
+        .arg(scratch.join("weft.sock"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unicast"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nothing of this cost the nodes their connection or a decode error.
+    let st = lab.status(1).await.unwrap();
+    assert_eq!(st.connections.len(), conns_before.len());
+    for node in [1, 2] {
+        assert_eq!(
+            metric(&lab, node, "weft_gossip_decode_errors_total").await,
+            0
+        );
+    }
+}
+
+/// Files of `dir` with their modes.
+fn modes(dir: &std::path::Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut v: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().permissions().mode() & 0o777,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_directory_fails_the_add_and_never_hands_out_an_address_twice() {
+    if !prerequisites() {
+        return;
+    }
+    let (lab, _g) = lab_with("hd", 1, LabPassword::None, &[]).await;
+    let tag = lab::random_alnum(4);
+    let conf = json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
+                      "socket": lab.node_socket(1)});
+    let node1 = lab.namespace(1);
+    let mut names = Namespaces(Vec::new());
+    let mut pod = |i: usize| {
+        let n = format!("whd{tag}{i}");
+        netns_add(&n);
+        names.0.push(n.clone());
+        n
+    };
+    let add = |ns: &str| run_weft_net(&node1, "ADD", ns, ns, None, &conf);
+    let ip_of = |out: &std::process::Output| -> String {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["ips"][0]["address"].as_str().unwrap().to_string()
+    };
+    let p1 = pod(1);
+    let mut ips = vec![ip_of(&add(&p1))];
+
+    // The state directory moves onto a small file system, which then fills up.
+    let state = lab.info().nodes[0].state_dir.clone();
+    assert!(
+        modes(&state).iter().all(|(_, m)| m & 0o077 == 0),
+        "state files are root-only: {:?}",
+        modes(&state)
+    );
+    lab.stop_node(1).await.unwrap();
+    let keep = std::env::temp_dir().join(format!("weft-hd-{tag}"));
+    ip(&["netns", "exec", &node1, "true"]); // (the node namespace stays)
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&state)
+        .arg(&keep)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "weft-hd"])
+        .arg(&state)
+        .status()
+        .unwrap()
+        .success());
+    let _unmount = Unmount(state.clone());
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!("cp -a {}/. {}/", keep.display(), state.display()))
+        .status()
+        .unwrap()
+        .success());
+    let _ = std::fs::remove_dir_all(&keep);
+    // A leftover of an interrupted write, from an earlier run.
+    std::fs::write(state.join(".weft-old.tmp"), b"half").unwrap();
+    lab.start_node(1, &[], None).await.unwrap();
+    lab.wait_until(Duration::from_secs(20), "the gateway back", |s| {
+        s[0].as_ref()
+            .is_some_and(|st| st.ipam.gateway.is_some() && st.not_ready.is_none())
+    })
+    .await
+    .unwrap();
+    assert!(
+        !state.join(".weft-old.tmp").exists(),
+        "the leftover was removed"
+    );
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", state.join("fill").display()))
+        .stderr(Stdio::null())
+        .status();
+
+    // Full: every ADD fails with "try again later", and nothing is handed out.
+    for i in 2..=6 {
+        let ns = pod(i);
+        let out = add(&ns);
+        let e = cni_error(&out);
+        assert_eq!(e["code"], 11, "{e}");
+        assert!(
+            e["msg"].as_str().unwrap().contains("state directory"),
+            "{e}"
+        );
+        assert!(!has_eth0(&ns));
+    }
+    let st = lab.status(1).await.unwrap();
+    assert_eq!(
+        st.ipam.used, 2,
+        "the gateway and the first pod only: {:?}",
+        st.ipam
+    );
+
+    // Space again: the next pod gets a new address, and after a restart still nobody
+    // gets one twice.
+    std::fs::remove_file(state.join("fill")).unwrap();
+    let p7 = pod(7);
+    ips.push(ip_of(&add(&p7)));
+    lab.stop_node(1).await.unwrap();
+    lab.start_node(1, &[], None).await.unwrap();
+    lab.wait_until(Duration::from_secs(20), "the gateway back", |s| {
+        s[0].as_ref()
+            .is_some_and(|st| st.ipam.gateway.is_some() && st.not_ready.is_none())
+    })
+    .await
+    .unwrap();
+    for i in 8..=10 {
+        let ns = pod(i);
+        ips.push(ip_of(&add(&ns)));
+    }
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        ips.len(),
+        "an address handed out twice: {ips:?}"
+    );
+    assert!(
+        modes(&state).iter().all(|(_, m)| m & 0o077 == 0),
+        "{:?}",
+        modes(&state)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_from_a_host_that_is_not_a_peer_reaches_no_pod() {
+    if !prerequisites() {
+        return;
+    }
+    // No password: nothing is authenticated, but the VXLAN port still takes frames only from
+    // the fastpath's peers.
+    let (lab, _g) = lab_with("hv", 2, LabPassword::None, &[]).await;
+    let p = pods(&lab);
+    let (a, b) = (&p.0[0], &p.0[1]);
+    assert!(ping_within(&b.namespace, &a.ip, Duration::from_secs(15)));
+    lab.wait_until(Duration::from_secs(15), "the fastpath", |s| {
+        s.iter().flatten().all(|st| {
+            st.connections
+                .iter()
+                .all(|c| c.path.as_deref() == Some("fastpath"))
+        })
+    })
+    .await
+    .unwrap();
+    // A host on the underlay switch that is no peer.
+    let tag = lab::random_alnum(4);
+    let intruder = format!("whv{tag}");
+    netns_add(&intruder);
+    let _ns = Namespaces(vec![intruder.clone()]);
+    let sw = format!("weft-{}-sw", lab.id());
+    let port = format!("whv{tag}p");
+    ip(&[
+        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &intruder,
+    ]);
+    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+    ip(&[
+        "-n",
+        &intruder,
+        "addr",
+        "add",
+        "10.201.0.250/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &intruder, "link", "set", "eth0", "up"]);
+    let a_mac = frames::mac_in(&a.namespace, "eth0");
+    let inner = frames::eth(
+        a_mac,
+        [2, 0xba, 0xd0, 0, 0, 2],
+        frames::ETH_IPV4,
+        &frames::udp4(
+            b.ip.parse().unwrap(),
+            a.ip.parse().unwrap(),
+            40000,
+            7300,
+            b"intruder",
+        ),
+    );
+    let datagram = frames::vxlan(6785, &inner);
+    let node1 = lab.underlay_addr(1).to_string();
+    let ns = weft_fastpath::netns::Netns::open(format!("/var/run/netns/{intruder}")).unwrap();
+    let received = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pod_ns =
+            weft_fastpath::netns::Netns::open(format!("/var/run/netns/{}", a.namespace)).unwrap();
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                pod_ns
+                    .run_blocking(move || {
+                        let sock = std::net::UdpSocket::bind("0.0.0.0:7300").unwrap();
+                        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+                            .unwrap();
+                        tx.send(()).unwrap();
+                        let mut buf = [0u8; 256];
+                        sock.recv(&mut buf).ok()
+                    })
+                    .unwrap()
+            });
+            rx.recv().unwrap();
+            ns.run_blocking(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                for _ in 0..5 {
+                    s.send_to(&datagram, format!("{node1}:6785")).unwrap();
+                }
+            })
+            .unwrap();
+            h.join().unwrap()
+        })
+    };
+    assert!(received.is_none(), "a non-peer's VXLAN frame reached a pod");
+    // The peers themselves still use the fastpath.
+    assert!(ping(&b.namespace, &a.ip));
+    let st = lab.status(1).await.unwrap();
+    assert!(
+        st.connections
+            .iter()
+            .all(|c| c.path.as_deref() == Some("fastpath")),
+        "{:?}",
+        st.connections
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_sleeve_datagrams_replayed_from_elsewhere_do_not_move_a_peer() {
+    if !prerequisites() {
+        return;
+    }
+    // An on-path attacker holds back a few of n2's sleeve datagrams to n1 (they are
+    // authentic and never seen), lets the rest through, then sends the held ones from its own
+    // address. The sleeve follows a peer to a new address (NAT rebinding) only on its newest
+    // datagram, so n1 must keep sending to n2.
+    let (lab, _g) = lab_with("hr", 2, LabPassword::Random, &[]).await;
+    let p = pods(&lab);
+    let (a, b) = (&p.0[0], &p.0[1]);
+    assert!(ping_within(&b.namespace, &a.ip, Duration::from_secs(15)));
+    let sw = format!("weft-{}-sw", lab.id());
+    let (n1, n2) = (lab.underlay_addr(1), lab.underlay_addr(2));
+    let tag = lab::random_alnum(4);
+    let intruder = format!("whr{tag}");
+    netns_add(&intruder);
+    let _ns = Namespaces(vec![intruder.clone()]);
+    let port = format!("whr{tag}p");
+    ip(&[
+        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &intruder,
+    ]);
+    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+    ip(&[
+        "-n",
+        &intruder,
+        "addr",
+        "add",
+        "10.201.0.250/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &intruder, "link", "set", "eth0", "up"]);
+    let hold = format!(
+        "table bridge whr{tag} {{\n chain f {{\n  type filter hook forward priority 0;\n  ip saddr {n2} ip daddr {n1} udp dport 6784 drop\n }}\n}}\n"
+    );
+    let nft = |script: &str| {
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &sw, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "nft: {script}");
+    };
+    let is_sleeve_to_n1 = move |f: &[u8]| {
+        f.len() > 42
+            && f[12..14] == frames::ETH_IPV4.to_be_bytes()
+            && f[23] == 17
+            && f[30..34] == n1.octets()
+            && f[36..38] == 6784u16.to_be_bytes()
+    };
+    nft(&hold);
+    let held = std::thread::scope(|s| {
+        let h = s.spawn(|| capture(&sw, "n2", Duration::from_millis(1500), is_sleeve_to_n1));
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..3 {
+            let _ = ping(&b.namespace, &a.ip);
+        }
+        h.join().unwrap()
+    });
+    fn capture(
+        ns: &str,
+        ifname: &str,
+        d: Duration,
+        keep: impl Fn(&[u8]) -> bool + Send + 'static,
+    ) -> Vec<Vec<u8>> {
+        frames::capture(ns, ifname, d, keep)
+    }
+    nft(&format!("delete table bridge whr{tag}"));
+    assert!(!held.is_empty(), "nothing held back");
+    // Newer traffic gets through first.
+    assert!(ping_within(&b.namespace, &a.ip, Duration::from_secs(5)));
+    let changes = metric(&lab, 1, "weft_sleeve_endpoint_changes_total").await;
+    let payloads: Vec<Vec<u8>> = held.iter().map(|f| f[42..].to_vec()).collect();
+    let ns = weft_fastpath::netns::Netns::open(format!("/var/run/netns/{intruder}")).unwrap();
+    ns.run_blocking(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:6784").unwrap();
+        for p in &payloads {
+            s.send_to(p, format!("{n1}:6784")).unwrap();
+        }
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&lab, 1, "weft_sleeve_endpoint_changes_total").await,
+        changes,
+        "n1 followed the replayed datagrams to the intruder"
+    );
+    // And traffic from n1 still goes to n2, at once.
+    let started = Instant::now();
+    assert!(ping(&a.namespace, &b.ip), "n1 -> n2 after the replay");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// Kills a process started by the test when dropped.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_router_with_a_live_routers_name_is_refused_and_reported() {
+    if !prerequisites() {
+        return;
+    }
+    let (lab, _g) = lab_with("hn", 3, LabPassword::Random, &[]).await;
+    let info = lab.info();
+    let (n1, n3) = (&info.nodes[0], &info.nodes[2]);
+    let n1_addr = lab.underlay_addr(1).to_string();
+    let original = lab.status(1).await.unwrap().uid;
+    // n3's machine is cloned from n1's: its router starts with n1's name.
+    lab.stop_node(3).await.unwrap();
+    let mut argv = n3.argv.clone();
+    let at = argv.iter().position(|a| a == "--name").unwrap();
+    argv[at + 1] = n1.name.clone();
+    let at = argv.iter().position(|a| a == "--state-dir").unwrap();
+    argv[at + 1] = info.dir.join("clone.state").to_string_lossy().into_owned();
+    let log = std::fs::File::create(info.dir.join("clone.log")).unwrap();
+    let clone = Command::new("ip")
+        .args(["netns", "exec", &n3.namespace])
+        .args(&argv)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _clone = Killed(clone);
+    // n2 settles on the original, reports the conflict, and stays settled.
+    lab.wait_until(
+        Duration::from_secs(60),
+        "n2 reports the name conflict",
+        |s| {
+            s[1].as_ref().is_some_and(|st| {
+                st.identity_conflicts
+                    .iter()
+                    .any(|c| c.name == n1.name && c.kept_uid == original && c.refusals >= 2)
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(info.dir.join("clone.log")).unwrap_or_default();
+        panic!("{e:#}\nclone log:\n{log}")
+    });
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        let st = lab.status(2).await.unwrap();
+        let p = st
+            .peers
+            .iter()
+            .find(|p| p.name == n1.name)
+            .expect("n1 known");
+        assert_eq!(p.uid, original, "n2 keeps the original router");
+        for c in st
+            .connections
+            .iter()
+            .filter(|c| c.peer.as_deref() == Some(&n1.name))
+        {
+            if c.state == weft::status::ConnState::Established {
+                assert!(
+                    c.address.starts_with(&n1_addr),
+                    "n2 is connected to the clone: {c:?}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The original says another router uses its name; the clone says it is refused, is not
+    // ready, and hands out nothing.
+    let st1 = lab.status(1).await.unwrap();
+    assert!(
+        st1.identity_conflicts
+            .iter()
+            .any(|c| c.ours && c.name == n1.name),
+        "{:?}",
+        st1.identity_conflicts
+    );
+    assert!(st1.not_ready.is_none(), "{:?}", st1.not_ready);
+    let st3 = lab.status(3).await.unwrap();
+    let r = st3
+        .refused_as_duplicate
+        .as_ref()
+        .expect("the clone knows it is refused");
+    assert_eq!(r.name, n1.name);
+    assert!(st3
+        .not_ready
+        .as_deref()
+        .unwrap_or("")
+        .contains("another router with its name"));
+    assert!(st3.render_text().contains("NAME CONFLICT"));
+}
