@@ -50,7 +50,7 @@ impl Mesh {
                     .ours(self.me.name, self.me.uid, peer.uid, addr, now);
                 self.out.push(Action::Close {
                     conn,
-                    reason: CloseReason::DuplicateName,
+                    reason: CloseReason::SameNameAsUs,
                 });
                 return;
             }

@@ -97,6 +97,9 @@ pub enum CloseReason {
     /// Another router with the same name (and another uid) keeps it here
     /// ([`crate::names`]).
     DuplicateName,
+    /// The peer has our own name and another uid: one of us is a clone. Not a refusal by a
+    /// third party (which one is the clone cannot be told from here).
+    SameNameAsUs,
 }
 
 impl CloseReason {
@@ -107,6 +110,7 @@ impl CloseReason {
             CloseReason::ConnLimit => "connection limit reached",
             CloseReason::Protocol => "protocol violation",
             CloseReason::DuplicateName => "duplicate peer name: another router with this name is connected here; give every router its own --name (cloned machines share /etc/machine-id)",
+            CloseReason::SameNameAsUs => "this router has the same peer name: give every router its own --name (cloned machines share /etc/machine-id)",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `weft_peers` | gauge | |
 //! | `weft_identity_conflicts` | gauge | |
+//! | `weft_ipam_conflicting_addresses` | gauge | |
 //! | `weft_connections` | gauge | `state` = established, connecting, failed |
 //! | `weft_gossip_bytes_total` | counter | `direction` = sent, received |
 //! | `weft_gossip_messages_total` | counter | `direction` |
@@ -187,6 +188,8 @@ pub struct Metrics {
     pub peers: Gauge,
     /// `weft_identity_conflicts`: peer names used by two live routers, seen here.
     pub identity_conflicts: Gauge,
+    /// `weft_ipam_conflicting_addresses`: pod addresses held twice after a partition.
+    pub ipam_conflicting_addresses: Gauge,
     /// `weft_connections{state}`.
     pub connections: Family<ConnStateLabels, Gauge>,
     /// `weft_gossip_bytes_total{direction}`.
@@ -243,6 +246,12 @@ impl Metrics {
             "weft_identity_conflicts",
             "Peer names that two live routers use, as this router sees them (the second is refused)",
             identity_conflicts.clone(),
+        );
+        let ipam_conflicting_addresses = Gauge::default();
+        registry.register(
+            "weft_ipam_conflicting_addresses",
+            "Pod addresses held by two pods after a partition (weft status names the pods to delete)",
+            ipam_conflicting_addresses.clone(),
         );
         let connections = Family::<ConnStateLabels, Gauge>::default();
         registry.register(
@@ -366,6 +375,7 @@ impl Metrics {
             registry,
             peers,
             identity_conflicts,
+            ipam_conflicting_addresses,
             connections,
             gossip_bytes,
             gossip_messages,

@@ -223,6 +223,14 @@ pub struct IpamInfo {
     /// Human-readable problems: conflicts after a partition, peers with another range.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// Pod addresses held twice after a partition (two sides settled the same block), as
+    /// this router sees the mesh: `problems` says which pods to delete. 0 normally.
+    #[serde(default)]
+    pub conflicting_addresses: u64,
+    /// The problem lines about addresses held twice (a subset of `problems`), for the
+    /// headline of `weft status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
     #[serde(default)]
     pub removed: Vec<String>,
 }
@@ -357,6 +365,9 @@ impl Status {
         }
         if let Some(r) = &self.refused_as_duplicate {
             rows.push(("NAME CONFLICT", r.describe()));
+        }
+        for c in &self.ipam.conflicts {
+            rows.push(("IPAM CONFLICT", c.clone()));
         }
         for c in &self.identity_conflicts {
             rows.push((

@@ -438,6 +438,8 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         kube,
         guard,
         guard_node,
+        ipam_conflicts_logged: Vec::new(),
+        peers_resolved: false,
     };
     use tokio::signal::unix::{signal, SignalKind};
     lp.execute(initial);
@@ -533,6 +535,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
             st.pod_guard = Some(lp.guard.view());
             st.not_ready = lp.not_ready(&st);
             lp.update_metrics(&mesh, &st);
+            lp.log_ipam_conflicts(&st.ipam);
             status_tx.send_replace(Arc::new(st));
             last_status = now;
             dirty = false;
@@ -571,6 +574,11 @@ struct Loop {
     /// What each pod may send from its port (see [`crate::pod_guard`]).
     guard: crate::pod_guard::PodGuard,
     guard_node: weft_policy::guard::NodePorts,
+    /// The address conflicts last logged (each is logged once, when it appears).
+    ipam_conflicts_logged: Vec<String>,
+    /// `--peer` values have been resolved once (or there are none): until then the router
+    /// does not know whom it should be connected to, and is not ready.
+    peers_resolved: bool,
 }
 
 /// The router's own ports, shut to everything arriving through the node bridge.
@@ -585,6 +593,25 @@ fn guard_node_ports(cfg: &RouterConfig) -> weft_policy::guard::NodePorts {
 }
 
 impl Loop {
+    /// Logs address conflicts after a partition once each, when they appear, and once when
+    /// they are all gone.
+    fn log_ipam_conflicts(&mut self, ipam: &crate::status::IpamInfo) {
+        if ipam.conflicts == self.ipam_conflicts_logged {
+            return;
+        }
+        for c in ipam
+            .conflicts
+            .iter()
+            .filter(|c| !self.ipam_conflicts_logged.contains(c))
+        {
+            warn!(conflict = %c, "IPAM: pod addresses held twice after a partition");
+        }
+        if ipam.conflicts.is_empty() {
+            info!("IPAM: no address is held twice any more");
+        }
+        self.ipam_conflicts_logged = ipam.conflicts.clone();
+    }
+
     /// Hands the guard task the ports of the current endpoints; attachments waiting for it are
     /// answered once it is in force.
     fn update_guard(&mut self) {
@@ -683,10 +710,13 @@ impl Loop {
                 }
                 mesh.handle(Input::ConnectionClosed { conn: id, reason }, now)
             }
-            Event::Resolved(addrs) => match self.kube.as_mut() {
-                Some(k) => k.set_resolved(mesh, addrs, now),
-                None => mesh.set_targets(&addrs, now),
-            },
+            Event::Resolved(addrs) => {
+                self.peers_resolved = true;
+                match self.kube.as_mut() {
+                    Some(k) => k.set_resolved(mesh, addrs, now),
+                    None => mesh.set_targets(&addrs, now),
+                }
+            }
             Event::GatewaySet(net, result) => {
                 self.pods.gateway_set(net, result);
                 Vec::new()
@@ -734,14 +764,19 @@ impl Loop {
                 Action::Close { conn, reason } => {
                     if let Some(c) = self.conns.get(&conn) {
                         let code = match reason {
-                            CloseReason::ConnLimit => CloseCode::REFUSED,
+                            CloseReason::ConnLimit | CloseReason::SameNameAsUs => {
+                                CloseCode::REFUSED
+                            }
                             CloseReason::DuplicateName => CloseCode::DUPLICATE_NAME,
                             CloseReason::Protocol => CloseCode::PROTOCOL,
                             CloseReason::Duplicate | CloseReason::SelfConnection => {
                                 CloseCode::NORMAL
                             }
                         };
-                        if reason == CloseReason::DuplicateName {
+                        if matches!(
+                            reason,
+                            CloseReason::DuplicateName | CloseReason::SameNameAsUs
+                        ) {
                             warn!(conn, "refusing a router that uses a peer name already in use here (see status: identity conflicts)");
                         } else {
                             debug!(conn, reason = reason.as_str(), "closing connection");

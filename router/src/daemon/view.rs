@@ -219,6 +219,7 @@ impl Loop {
     }
 
     fn ipam_info(&self, mesh: &Mesh, now: Instant) -> IpamInfo {
+        let me = mesh.identity();
         let mut info = IpamInfo {
             range: self.cfg.ipalloc_range.to_string(),
             gateway: match &self.pods.gateway {
@@ -264,14 +265,46 @@ impl Loop {
             .collect();
         info.unreachable_owners = st.unreachable_owners.iter().map(|n| label(*n)).collect();
         info.removed = st.removed.iter().map(|n| n.to_string()).collect();
+        // Addresses held twice after a partition: say which pods hold them, so the
+        // operator can delete them (their controllers recreate them with new addresses).
+        let pods_here: BTreeMap<std::net::Ipv4Addr, String> = mesh
+            .ipam_allocations()
+            .into_iter()
+            .map(|(k, a)| (a.ip, a.pod.unwrap_or(k.container_id)))
+            .collect();
+        let pods_of = |ips: &[std::net::Ipv4Addr]| {
+            const SHOWN: usize = 8;
+            let mut v: Vec<String> = ips
+                .iter()
+                .filter_map(|ip| pods_here.get(ip).map(|p| format!("{p} ({ip})")))
+                .collect();
+            if v.len() > SHOWN {
+                let more = v.len() - SHOWN;
+                v.truncate(SHOWN);
+                v.push(format!("+{more} more"));
+            }
+            v.join(", ")
+        };
         for c in &st.conflicts {
-            info.problems.push(format!(
-                "{} still holds {} address(es) in block {} now owned by {}",
-                label(c.holder),
-                c.addresses.len(),
-                c.block,
-                c.owner.map_or("nobody".to_string(), label)
-            ));
+            info.conflicting_addresses += c.addresses.len() as u64;
+            let owner = c.owner.map_or("nobody".to_string(), label);
+            let line = if c.holder == me.name {
+                format!(
+                    "{} pod address(es) of this node are in block {}, which {owner} won after a partition: another pod may have the same address; delete these pods (their controllers recreate them with new addresses): {}",
+                    c.addresses.len(),
+                    c.block,
+                    pods_of(&c.addresses)
+                )
+            } else {
+                format!(
+                    "{} still holds {} address(es) in block {} now owned by {owner} (two pods may share an address; its status names the pods to delete)",
+                    label(c.holder),
+                    c.addresses.len(),
+                    c.block,
+                )
+            };
+            info.conflicts.push(line.clone());
+            info.problems.push(line);
         }
         for m in &st.mismatched {
             info.problems.push(format!(
@@ -289,10 +322,13 @@ impl Loop {
             ));
         }
         if !st.ours.duplicates.is_empty() {
-            info.problems.push(format!(
-                "addresses held twice after a partition: {:?}",
-                st.ours.duplicates
-            ));
+            let line = format!(
+                "{} address(es) of pods on this node are also held by a pod on the other side of a healed partition (that node's status names the pods to delete; new pods never get them): {}",
+                st.ours.duplicates.len(),
+                pods_of(&st.ours.duplicates)
+            );
+            info.conflicts.push(line.clone());
+            info.problems.push(line);
         }
         if st.ours.exhausted {
             info.problems
@@ -320,6 +356,9 @@ impl Loop {
         }
         if st.kube.as_ref().is_some_and(|k| !k.synced) {
             return Some("the Kubernetes API caches are not synced yet".into());
+        }
+        if !self.peers_resolved {
+            return Some("resolving the --peer addresses".into());
         }
         // Peers we know of (configured, discovered, other Nodes) but not one connection: a
         // router that cannot join the mesh (wrong password, unreachable, incompatible) must
@@ -352,6 +391,9 @@ impl Loop {
             count(ConnState::Failed),
         );
         self.metrics.set_peers(st.peers.len() as i64);
+        self.metrics
+            .ipam_conflicting_addresses
+            .set(st.ipam.conflicting_addresses as i64);
         self.metrics.identity_conflicts.set(
             (st.identity_conflicts.len() + usize::from(st.refused_as_duplicate.is_some())) as i64,
         );

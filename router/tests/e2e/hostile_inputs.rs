@@ -646,3 +646,164 @@ async fn a_second_router_with_a_live_routers_name_is_refused_and_reported() {
         .contains("another router with its name"));
     assert!(st3.render_text().contains("NAME CONFLICT"));
 }
+
+/// Runs weft-net ADD for a fresh pod `id` on node `node`; its address, or the error answer.
+fn add_pod(lab: &weft::lab::Lab, node: usize, id: &str) -> Result<String, String> {
+    netns_add(id);
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
+        "socket": lab.node_socket(node),
+    });
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}");
+    let out = run_weft_net(&lab.namespace(node), "ADD", id, id, Some(&args), &conf);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(text);
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+    let a = v["ips"][0]["address"].as_str().ok_or(text.clone())?;
+    Ok(a.split('/').next().unwrap().to_string())
+}
+
+fn del_pod(lab: &weft::lab::Lab, node: usize, id: &str) {
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
+        "socket": lab.node_socket(node),
+    });
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}");
+    let out = run_weft_net(&lab.namespace(node), "DEL", id, id, Some(&args), &conf);
+    assert!(
+        out.status.success(),
+        "DEL {id}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_held_twice_after_a_partition_are_loud_on_both_sides_and_resolvable() {
+    if !prerequisites() {
+        return;
+    }
+    // 8 blocks of 4 addresses: both sides of the partition need all the free ones.
+    let (lab, _g) = lab_with(
+        "hp",
+        2,
+        LabPassword::Random,
+        &["--ipalloc-range", "10.40.0.0/27"],
+    )
+    .await;
+    let (u1, u2) = (
+        lab.underlay_addr(1).to_string(),
+        lab.underlay_addr(2).to_string(),
+    );
+    lab.wait_until(Duration::from_secs(20), "gateways", |s| {
+        s.iter().flatten().all(|st| st.not_ready.is_none())
+    })
+    .await
+    .unwrap();
+    // Partition: each node drops the other's packets.
+    let cut = |node: usize, other: &str, verb: &str| {
+        ip(&[
+            "-n",
+            &lab.namespace(node),
+            "route",
+            verb,
+            "blackhole",
+            &format!("{other}/32"),
+        ]);
+    };
+    cut(1, &u2, "add");
+    cut(2, &u1, "add");
+    lab.wait_until(Duration::from_secs(20), "the connection to die", |s| {
+        s.iter().flatten().all(|st| {
+            st.connections
+                .iter()
+                .all(|c| c.state != weft::status::ConnState::Established)
+        })
+    })
+    .await
+    .unwrap();
+    let tag = lab::random_alnum(4);
+    let mut names = Vec::new();
+    let mut pods: Vec<(usize, String, String)> = Vec::new(); // node, pod, address
+    for node in [1, 2] {
+        for k in 0..40 {
+            let id = format!("whp{tag}-{node}-{k}");
+            names.push(id.clone());
+            match add_pod(&lab, node, &id) {
+                Ok(ip) => pods.push((node, id, ip)),
+                Err(e) if e.contains("exhausted") => break,
+                Err(e) => panic!("ADD {id}: {e}"),
+            }
+        }
+    }
+    let _ns = Namespaces(names);
+    let on = |n| pods.iter().filter(|p| p.0 == n).count();
+    assert!(
+        on(1) > 8 && on(2) > 8,
+        "both sides claimed free blocks: {pods:?}"
+    );
+    // Heal: both sides say so, in status, metrics and logs.
+    cut(1, &u2, "del");
+    cut(2, &u1, "del");
+    lab.wait_until(Duration::from_secs(60), "both report the conflict", |s| {
+        s.iter()
+            .flatten()
+            .all(|st| st.ipam.conflicting_addresses > 0 && !st.ipam.conflicts.is_empty())
+    })
+    .await
+    .unwrap();
+    let info = lab.info();
+    for node in [1, 2] {
+        let st = lab.status(node).await.unwrap();
+        assert!(st.render_text().contains("IPAM CONFLICT"), "n{node}");
+        assert!(
+            metric(&lab, node, "weft_ipam_conflicting_addresses").await > 0,
+            "n{node}"
+        );
+        let log = std::fs::read_to_string(&info.nodes[node - 1].log).unwrap();
+        assert!(
+            log.contains("held twice after a partition"),
+            "n{node} logged it"
+        );
+    }
+    // The losing side names its pods that hold such addresses; deleting them resolves it.
+    let mut named = Vec::new();
+    for node in [1, 2] {
+        let st = lab.status(node).await.unwrap();
+        for line in st
+            .ipam
+            .conflicts
+            .iter()
+            .filter(|l| l.contains("of this node are in block"))
+        {
+            for p in pods.iter().filter(|p| p.0 == node) {
+                if line.contains(&format!("default/{} ({})", p.1, p.2)) {
+                    named.push(p.clone());
+                }
+            }
+        }
+    }
+    assert!(!named.is_empty(), "the loser names its pods");
+    for (node, id, _) in &named {
+        del_pod(&lab, *node, id);
+    }
+    lab.wait_until(Duration::from_secs(30), "the conflict to clear", |s| {
+        s.iter()
+            .flatten()
+            .all(|st| st.ipam.conflicting_addresses == 0)
+    })
+    .await
+    .unwrap();
+    // Every remaining pod has an address of its own.
+    let mut left: Vec<&str> = pods
+        .iter()
+        .filter(|p| !named.contains(p))
+        .map(|p| p.2.as_str())
+        .collect();
+    let n = left.len();
+    left.sort();
+    left.dedup();
+    assert_eq!(left.len(), n, "an address is still held twice");
+    assert_eq!(metric(&lab, 1, "weft_ipam_conflicting_addresses").await, 0);
+}

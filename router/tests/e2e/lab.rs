@@ -224,7 +224,15 @@ async fn lab_processes_start_stop_and_down() {
     // every router runs detached inside its own namespace
     for i in 1..=3 {
         let pid = lab.pid(i).expect("router running");
-        let in_ns = lab::topology::namespace_pids(&lab.namespace(i));
+        // `ip netns exec` enters the namespace just after it is spawned: give it a moment.
+        let t = std::time::Instant::now();
+        let in_ns = loop {
+            let in_ns = lab::topology::namespace_pids(&lab.namespace(i));
+            if in_ns.contains(&pid) || t.elapsed() > std::time::Duration::from_secs(3) {
+                break in_ns;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         assert!(
             in_ns.contains(&pid),
             "pid {pid} not in {}: {in_ns:?}",
