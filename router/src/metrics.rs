@@ -10,6 +10,8 @@
 //! | `weft_gossip_messages_total` | counter | `direction` |
 //! | `weft_handshake_failures_total` | counter | `reason` = auth, password_mismatch, unreachable, refused, protocol |
 //! | `weft_gossip_decode_errors_total` | counter | |
+//! | `weft_inbound_attempts_total` | counter | `reason` = retry, refused, admitted |
+//! | `weft_inbound_handshakes` | gauge | |
 //! | `weft_gossip_dropped_records_total` | counter | |
 //! | `weft_build_info` | info | `version` |
 //! | `weft_sleeve_packets_total` | counter | `direction` = sent, received |
@@ -200,6 +202,11 @@ pub struct Metrics {
     pub handshake_failures: Family<ReasonLabels, Counter>,
     /// `weft_gossip_decode_errors_total`.
     pub decode_errors: Counter,
+    /// `weft_inbound_attempts_total{reason}`: inbound QUIC attempts by what was done with
+    /// them (a stateless Retry, refused, admitted to the handshake).
+    pub inbound_attempts: Family<DropLabels, Counter>,
+    /// `weft_inbound_handshakes`: inbound handshakes running now (each holds state).
+    pub inbound_handshakes: Gauge,
     /// `weft_gossip_dropped_records_total`: records (and endpoints) from peers dropped for
     /// breaking a bound, the connection kept.
     pub dropped_records: Counter,
@@ -276,6 +283,18 @@ impl Metrics {
             "weft_handshake_failures",
             "Failed connection handshakes, by reason",
             handshake_failures.clone(),
+        );
+        let inbound_attempts = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "weft_inbound_attempts",
+            "Inbound connection attempts, by what was done with them (retry: address not validated yet)",
+            inbound_attempts.clone(),
+        );
+        let inbound_handshakes = Gauge::default();
+        registry.register(
+            "weft_inbound_handshakes",
+            "Inbound handshakes in progress (validated addresses only)",
+            inbound_handshakes.clone(),
         );
         let decode_errors = Counter::default();
         registry.register(
@@ -380,6 +399,8 @@ impl Metrics {
             gossip_bytes,
             gossip_messages,
             handshake_failures,
+            inbound_attempts,
+            inbound_handshakes,
             decode_errors,
             dropped_records,
             last_dropped_records: Mutex::new(0),
@@ -571,6 +592,12 @@ impl Metrics {
     /// Counts one undecodable gossip message.
     pub fn decode_error(&self) {
         self.decode_errors.inc();
+    }
+
+    pub fn inbound_attempt(&self, reason: &'static str) {
+        self.inbound_attempts
+            .get_or_create(&DropLabels { reason })
+            .inc();
     }
 }
 

@@ -43,8 +43,8 @@ pub const DEFAULT_MTU: u32 = 1376;
 const SEND_QUEUE: usize = 1024;
 /// How long a failed inbound handshake stays visible in status.
 const INBOUND_FAILURE_TTL: Duration = Duration::from_secs(120);
-/// Inbound handshakes allowed to run at once.
-const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Status rows of failed inbound handshakes (one per source address, the newest kept).
+const MAX_INBOUND_ROWS: usize = 16;
 /// How often `--peer` host names are resolved again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
 /// Status snapshots are published at most this often.
@@ -417,6 +417,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         transport.clone(),
         ev_tx.clone(),
         accepting.clone(),
+        metrics.clone(),
     ));
     tokio::spawn(resolve_loop(cfg.peers.clone(), ev_tx.clone()));
 
@@ -427,6 +428,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         conns: HashMap::new(),
         next_id: 1,
         inbound_failures: BTreeMap::new(),
+        inbound_log: Default::default(),
         metrics,
         started,
         pods,
@@ -558,6 +560,8 @@ struct Loop {
     next_id: ConnId,
     /// Recent inbound handshake failures by remote address: (reason, when).
     inbound_failures: BTreeMap<SocketAddr, (String, Instant)>,
+    /// Rate limit of the WARN lines about them.
+    inbound_log: crate::transport::admission::LogLimiter,
     metrics: Arc<Metrics>,
     started: Instant,
     pods: Pods,
@@ -682,7 +686,25 @@ impl Loop {
             Event::InboundFailed(addr, err) => {
                 self.count_failure(&err);
                 let failure = err.to_failure();
-                warn!(%addr, reason = %failure.detail, "refused inbound connection");
+                match self.inbound_log.allow(addr.ip(), now) {
+                    Some(0) => warn!(%addr, reason = %failure.detail, "refused inbound connection"),
+                    Some(n) => {
+                        warn!(%addr, reason = %failure.detail, not_logged = n, "refused inbound connection (and {n} more not logged)")
+                    }
+                    None => debug!(%addr, reason = %failure.detail, "refused inbound connection"),
+                }
+                // One status row per source address, at most MAX_INBOUND_ROWS.
+                self.inbound_failures.retain(|a, _| a.ip() != addr.ip());
+                if self.inbound_failures.len() >= MAX_INBOUND_ROWS {
+                    if let Some(oldest) = self
+                        .inbound_failures
+                        .iter()
+                        .min_by_key(|(_, (_, t))| *t)
+                        .map(|(a, _)| *a)
+                    {
+                        self.inbound_failures.remove(&oldest);
+                    }
+                }
                 self.inbound_failures.insert(addr, (failure.detail, now));
                 Vec::new()
             }
@@ -795,30 +817,54 @@ impl Loop {
     }
 }
 
-/// Accepts inbound connections. Refuses them while the mesh is at its connection limit, and
-/// bounds how many unauthenticated handshakes run at once (each holds memory for up to the
-/// handshake timeout), so a flood of connection attempts cannot exhaust the router.
-async fn accept_loop(t: Arc<Transport>, tx: mpsc::Sender<Event>, accepting: Arc<AtomicBool>) {
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+/// Accepts inbound connections. Refuses them while the mesh is at its connection limit;
+/// validates the dialer's address with a stateless Retry before keeping anything, and bounds
+/// the unauthenticated handshakes running at once, per source and in all (each holds memory
+/// for up to the handshake timeout): see [`crate::transport::admission`].
+async fn accept_loop(
+    t: Arc<Transport>,
+    tx: mpsc::Sender<Event>,
+    accepting: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) {
+    use crate::transport::admission::{Admission, Verdict};
+    let admission = Arc::new(std::sync::Mutex::new(Admission::default()));
     while let Some(inc) = t.accept().await {
         if !accepting.load(Ordering::Relaxed) {
             debug!(remote = %inc.remote(), "connection limit reached; refusing");
             inc.refuse();
             continue;
         }
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            debug!(remote = %inc.remote(), "too many handshakes in progress; refusing");
-            inc.refuse();
-            continue;
-        };
+        let remote = inc.remote();
+        let verdict = admission
+            .lock()
+            .expect("admission lock")
+            .on_incoming(remote.ip(), inc.validated());
+        match verdict {
+            Verdict::Retry => {
+                metrics.inbound_attempt("retry");
+                inc.retry();
+                continue;
+            }
+            Verdict::Refuse(why) => {
+                metrics.inbound_attempt("refused");
+                debug!(%remote, why, "refusing a connection attempt");
+                inc.refuse();
+                continue;
+            }
+            Verdict::Admit => metrics.inbound_attempt("admitted"),
+        }
+        metrics.inbound_handshakes.inc();
         let tx = tx.clone();
+        let admission = admission.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let remote = inc.remote();
             let ev = match Incoming::complete(inc).await {
                 Ok(pc) => Event::Established(Box::new(pc)),
                 Err(e) => Event::InboundFailed(remote, e),
             };
-            drop(permit);
+            admission.lock().expect("admission lock").done(remote.ip());
+            metrics.inbound_handshakes.dec();
             let _ = tx.send(ev).await;
         });
     }

@@ -45,6 +45,7 @@
 //! by [`TransportConfig::handshake_timeout`]. Stray or forged UDP datagrams are dropped by
 //! quinn without affecting established connections.
 
+pub mod admission;
 pub mod conn;
 pub mod error;
 pub mod handshake;
@@ -264,6 +265,22 @@ impl Incoming {
     /// Where the attempt comes from.
     pub fn remote(&self) -> SocketAddr {
         self.inner.remote_address()
+    }
+
+    /// Whether the dialer has proven it receives at its address (it echoed a Retry token).
+    pub fn validated(&self) -> bool {
+        self.inner.remote_address_validated()
+    }
+
+    /// Answers with a stateless QUIC Retry (nothing is kept; a real dialer comes back with
+    /// the token and is then [`Incoming::validated`]). An attempt that already carries a
+    /// token cannot be retried again: it is dropped.
+    pub fn retry(self) {
+        if self.inner.may_retry() {
+            let _ = self.inner.retry();
+        } else {
+            self.inner.ignore();
+        }
     }
 
     /// Turns the attempt away (QUIC `CONNECTION_REFUSED`); the dialer reports

@@ -807,3 +807,169 @@ async fn addresses_held_twice_after_a_partition_are_loud_on_both_sides_and_resol
     assert_eq!(left.len(), n, "an address is still held twice");
     assert_eq!(metric(&lab, 1, "weft_ipam_conflicting_addresses").await, 0);
 }
+
+/// nft counters of `table` `chain` rules in namespace `ns`: bytes per rule comment.
+fn nft_bytes(ns: &str, table: &str) -> std::collections::BTreeMap<String, u64> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "nft", "-j", "list", "table", "inet", table,
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut m = std::collections::BTreeMap::new();
+    for item in v["nftables"].as_array().unwrap() {
+        let Some(rule) = item.get("rule") else {
+            continue;
+        };
+        let Some(comment) = rule["comment"].as_str() else {
+            continue;
+        };
+        for e in rule["expr"].as_array().unwrap() {
+            if let Some(c) = e.get("counter") {
+                m.insert(comment.to_string(), c["bytes"].as_u64().unwrap());
+            }
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unanswered_quic_initials_costs_nothing_and_starves_nobody() {
+    if !prerequisites() {
+        return;
+    }
+    let (lab, _g) = lab_with("hq", 2, LabPassword::Random, &[]).await;
+    let node1 = std::net::SocketAddr::from((lab.underlay_addr(1), 6783));
+    // A host on the underlay that sends QUIC Initials and never answers (its firewall drops
+    // everything coming back, counted).
+    let tag = lab::random_alnum(4);
+    let attacker = format!("whq{tag}");
+    netns_add(&attacker);
+    let _ns = Namespaces(vec![attacker.clone()]);
+    let sw = format!("weft-{}-sw", lab.id());
+    let port = format!("whq{tag}p");
+    ip(&[
+        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &attacker,
+    ]);
+    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+    // Twenty source addresses (a spoofer has as many as it likes).
+    let sources: Vec<std::net::Ipv4Addr> = (200..220).map(|i| [10, 201, 0, i].into()).collect();
+    for a in &sources {
+        ip(&[
+            "-n",
+            &attacker,
+            "addr",
+            "add",
+            &format!("{a}/24"),
+            "dev",
+            "eth0",
+        ]);
+    }
+    ip(&["-n", &attacker, "link", "set", "eth0", "up"]);
+    let rules = format!(
+        "table inet whq {{\n\
+           chain out {{ type filter hook output priority 0; ip daddr {ip} udp dport 6783 counter comment \"sent\"; }}\n\
+           chain in {{ type filter hook input priority 0; ip saddr {ip} udp sport 6783 counter drop comment \"answered\"; }}\n\
+         }}\n",
+        ip = node1.ip()
+    );
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &attacker, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success());
+
+    // 100 fresh handshakes a second for 15 s.
+    let flood_ns = weft_fastpath::netns::Netns::open(format!("/var/run/netns/{attacker}")).unwrap();
+    let flood = std::thread::spawn(move || {
+        flood_ns
+            .run_blocking(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let (_, client) = weft::transport::tls::configs().unwrap();
+                    let eps: Vec<quinn::Endpoint> = sources
+                        .iter()
+                        .map(|a| {
+                            let mut ep = quinn::Endpoint::client((*a, 0).into()).unwrap();
+                            ep.set_default_client_config(client.clone());
+                            ep
+                        })
+                        .collect();
+                    let mut tick = tokio::time::interval(Duration::from_millis(10));
+                    for k in 0..1500 {
+                        tick.tick().await;
+                        if let Ok(c) = eps[k % eps.len()].connect(node1, "weft") {
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(Duration::from_secs(6), c).await;
+                            });
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                })
+            })
+            .unwrap()
+    });
+    // The flood holds no handshake state at n1 (every attempt gets a stateless Retry first).
+    let mut most = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        most = most.max(metric(&lab, 1, "weft_inbound_handshakes").await);
+    }
+    assert!(
+        most <= 1,
+        "{most} inbound handshakes in progress during the flood"
+    );
+    // Meanwhile n2 restarts and must get back in at once.
+    lab.stop_node(2).await.unwrap();
+    lab.start_node(2, &[], None).await.unwrap();
+    let t = Instant::now();
+    lab.wait_until(
+        Duration::from_secs(10),
+        "n2 back in the mesh during the flood",
+        |s| {
+            s.iter().flatten().all(|st| {
+                st.connections
+                    .iter()
+                    .any(|c| c.state == weft::status::ConnState::Established)
+            })
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "n2 reconnected {:?} after its restart, during the flood",
+        t.elapsed()
+    );
+    flood.join().unwrap();
+    let c = nft_bytes(&attacker, "whq");
+    let (sent, answered) = (c["sent"], c["answered"]);
+    eprintln!("flood: {sent} bytes sent, {answered} bytes answered");
+    let retried = metric(&lab, 1, "weft_inbound_attempts_total{reason=\"retry\"}").await;
+    assert!(retried >= 1000, "{retried} attempts answered with a Retry");
+    assert!(sent > 1_000_000, "the flood ran: {sent} bytes");
+    assert!(
+        answered * 3 <= sent,
+        "amplification {:.2}x before address validation",
+        answered as f64 / sent as f64
+    );
+    // Nothing of it fills the log or the status.
+    let st = lab.status(1).await.unwrap();
+    let rows = st
+        .connections
+        .iter()
+        .filter(|c| c.source == "inbound")
+        .count();
+    assert!(rows <= 16, "{rows} inbound rows");
+    let log = std::fs::read_to_string(&lab.info().nodes[0].log).unwrap();
+    let warns = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("inbound"))
+        .count();
+    assert!(warns <= 10, "{warns} WARN lines about inbound attempts");
+}
