@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use common::{require_root, TestNs};
 use weft_fastpath::garp::parse_announcement;
 use weft_fastpath::{
-    add_pod_interface, check_pod_interface, del_pod_interface, host_ifname_for, reset, set_gateway,
-    setup_node, Error, NodeConfig, NodeState, PodIface, PodIfaceRequest,
+    add_pod_interface, announce_pod_interface, check_pod_interface, del_pod_interface,
+    host_ifname_for, reset, set_gateway, setup_node, Error, NodeConfig, NodeState, PodIface,
+    PodIfaceRequest,
 };
 
 const BRIDGE: &str = "wtest-br";
@@ -59,6 +60,14 @@ async fn add(host: &TestNs, req: &PodIfaceRequest) -> Result<PodIface, Error> {
     let req = req.clone();
     host.open()
         .run(move |_| async move { add_pod_interface(&req).await })
+        .await
+}
+
+/// What the router does once the pod's port is guarded: the gratuitous ARP.
+async fn announce(host: &TestNs, req: &PodIfaceRequest) -> Result<(), Error> {
+    let req = req.clone();
+    host.open()
+        .run(move |_| async move { announce_pod_interface(&req).await })
         .await
 }
 
@@ -164,6 +173,7 @@ async fn two_pods_reach_each_other_and_the_gateway() {
     // Listen on the bridge before the second ADD: its announcement must arrive there.
     let sock = arp_listener(&host, BRIDGE);
     let i2 = add(&host, &r2).await.unwrap();
+    announce(&host, &r2).await.unwrap();
     let seen = announcements(&sock, Ipv4Addr::new(10, 32, 0, 8));
     assert!(
         seen.contains(&(i2.mac, Ipv4Addr::new(10, 32, 0, 8))),
