@@ -1,0 +1,92 @@
+# shellcheck shell=bash
+# The upstream e2e suites, run by the real e2e.test (built from k8s.io/kubernetes/test/e2e
+# of the cluster's release) through the ginkgo CLI. Sourced by scripts/k8s-cluster.sh.
+#
+#   test            the CI selection (E2E_CI_FOCUS below)
+#   test --full     every networking, Services and NetworkPolicy test (docs/conformance.md)
+#   test --focus RE [--skip RE]   any selection
+# E2E_PROCS (default 3) parallel ginkgo processes. Reports (JUnit, ginkgo JSON, the log)
+# go to $STATE/e2e/; a summary table to $STATE/e2e/summary.md.
+
+# The suites: Networking (pod-to-pod, node-to-pod, UDP, HTTP, Services granular checks),
+# Services (pod networking through kube-proxy), and every NetworkPolicy test.
+E2E_FULL_FOCUS='\[sig-network\] (Networking|Services|Netpol|NetworkPolicy)'
+# What cannot run here, whatever the network plugin (docs/conformance.md gives each reason):
+# SCTP (the kernel has no SCTP), LoadBalancer/cloud/provider-specific and disruptive tests
+# that need a cloud or SSH to nodes, IPv6/dual-stack (IPv4-only cluster), tests that need the
+# Internet, and performance measurements.
+E2E_SKIP='SCTP|Feature:LoadBalancer|Feature:Networking-IPv6|Feature:Networking-DNS|Feature:Networking-IPv4|IPv6DualStack|Feature:Networking-Performance|\[Disruptive\]|Provider:|Feature:ServiceCIDRs|type=LoadBalancer|Type LoadBalancer'
+# CI: the Conformance networking tests, the granular Services checks and a NetworkPolicy
+# subset covering ingress, egress, namespaces, ports (named and numbered), ipBlock/except,
+# UDP, policy updates and deletion.
+E2E_CI_FOCUS='\[sig-network\] Networking Granular Checks|\[sig-network\] Services .*\[Conformance\]|\[sig-network\] Netpol .*(default-deny-ingress|default-deny-all|allow ingress access on one named port|deny egress from pods based on PodSelector|enforce except clause while egress access to server in CIDR block|enforce policy based on PodSelector and NamespaceSelector|enforce updated policy|stop enforcing policies after they are deleted|enforce policy based on Ports|using UDP should support)'
+
+write_repo_list() {
+  cat > "$STATE/e2e/repo-list.yaml" <<EOF
+# The e2e images' registry names (KUBE_TEST_REPO_LIST): nothing is pulled; every image is
+# in every node's containerd under these names already.
+promoterE2eRegistry: $IMAGE_REPO/e2e-test-images
+buildImageRegistry: $IMAGE_REPO/build-image
+gcEtcdRegistry: $IMAGE_REPO
+gcRegistry: $IMAGE_REPO
+sigStorageRegistry: $IMAGE_REPO/sig-storage
+privateRegistry: $IMAGE_REPO/private
+dockerLibraryRegistry: $IMAGE_REPO/library
+cloudProviderGcpRegistry: $IMAGE_REPO/cloud-provider-gcp
+invalidRegistry: invalid.registry.k8s.io/invalid
+EOF
+}
+
+run_e2e() {
+  local focus=$E2E_CI_FOCUS skip=$E2E_SKIP label=ci
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --full) focus=$E2E_FULL_FOCUS label=full ;;
+      --focus) focus=$2 label=custom; shift ;;
+      --skip) skip=$2; shift ;;
+      --no-e2e) return 0 ;;
+      *) die "test: unknown option $1" ;;
+    esac
+    shift
+  done
+  local out=$STATE/e2e
+  rm -rf "$out"
+  mkdir -p "$out"
+  write_repo_list
+  log "e2e ($label): focus: $focus"
+  log "e2e: skip: $skip"
+  local t0=$SECONDS rc=0
+  # In the control-plane node's network namespace (it reaches the API server and the nodes
+  # as a machine of the cluster's network would); the files stay this machine's.
+  KUBE_TEST_REPO_LIST=$out/repo-list.yaml nsenter --net="/run/netns/$(ns cp)" -- \
+    "$BIN/ginkgo" --procs="${E2E_PROCS:-3}" --timeout=4h --no-color --poll-progress-after=300s \
+    --focus="$focus" --skip="$skip" \
+    --junit-report=junit.xml --json-report=report.json --output-dir="$out" \
+    "$BIN/e2e.test" -- \
+    --kubeconfig="$STATE/admin-in-cluster.kubeconfig" --kubectl-path="$BIN/kubectl" \
+    --provider=skeleton --num-nodes="$(( ${#NODES[@]} - 1 ))" \
+    --e2e-output-dir="$out" --report-dir="$out" --disable-log-dump \
+    --dump-logs-on-failure=false \
+    > "$out/e2e.log" 2>&1 || rc=$?
+  log "e2e ($label) finished in $(( SECONDS - t0 ))s (exit $rc); log: $out/e2e.log"
+  e2e_summary "$out/report.json" > "$out/summary.md" || true
+  cat "$out/summary.md" >&2 || true
+  return "$rc"
+}
+
+# e2e_summary REPORT.json: one line per test that ran or was selected, with its state and,
+# for failures, the first line of the failure message.
+e2e_summary() {
+  jq -r '
+    [.[].SpecReports[] | select(.LeafNodeType == "It")] as $specs
+    | ($specs | map(select(.State == "passed")) | length) as $p
+    | ($specs | map(select(.State == "failed" or .State == "timedout" or .State == "panicked")) | length) as $f
+    | ($specs | map(select(.State == "skipped")) | length) as $s
+    | "passed \($p), failed \($f), skipped \($s)",
+      "",
+      "| test | result | seconds |",
+      "|---|---|---|",
+      ($specs | sort_by((.ContainerHierarchyTexts + [.LeafNodeText]) | join(" "))[]
+        | "| \((.ContainerHierarchyTexts + [.LeafNodeText]) | join(" ")) | \(.State)\(if .Failure then ": " + (.Failure.Message | split("\n")[0] | .[0:160]) else "" end) | \((.RunTime / 1e9) | floor) |")
+  ' "$1"
+}
