@@ -2,12 +2,12 @@
 # program built from its Go source (k8s.io/kubernetes/test/images/agnhost) of the cluster's
 # Kubernetes release. Upstream's image is Alpine with the tools its tests call inside the
 # container (test/images/agnhost/Dockerfile); here the same tools come from Debian: bash,
-# curl, nc, ss/ip, iperf, socat, dig. Left out: the fake registry and the porter
+# curl, wget, nc, ss/ip, iperf, socat, dig. Left out: the fake registry and the porter
 # certificates (not used by the networking suites) and the agnhost-2 entrypoint copy.
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        bash curl netcat-openbsd iproute2 iputils-ping iperf socat bind9-dnsutils util-linux procps \
+        bash curl wget netcat-openbsd iproute2 iputils-ping iperf socat bind9-dnsutils util-linux procps \
     && rm -rf /var/lib/apt/lists/*
 # netexec's upload directory; the user and group one of the e2e tests expects in the image.
 RUN mkdir /uploads \
