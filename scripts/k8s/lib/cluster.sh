@@ -136,6 +136,14 @@ start() {
   setsid "${enter[@]}" /bin/sh -c 'for f in '"$join"'; do echo $$ > "$f"; done; exec "$@"' sh "$@" \
     >> "$LOGS/$node-$name.log" 2>&1 < /dev/null &
   echo $! > "$STATE/pids/$node-$name"
+  printf '%s\0' "$@" > "$STATE/pids/$node-$name.cmd" # for restart
+}
+
+# restart NODE NAME: starts a stopped component again with its last command line.
+restart() {
+  local cmd=()
+  mapfile -d '' -t cmd < "$STATE/pids/$1-$2.cmd"
+  start "$1" "$2" "${cmd[@]}"
 }
 
 # stop NODE NAME: SIGTERM, then SIGKILL after 10 s.
@@ -154,7 +162,7 @@ running() { [ -f "$STATE/pids/$1-$2" ] && kill -0 "$(cat "$STATE/pids/$1-$2")" 2
 
 # --- underlay and nodes ----------------------------------------------------------------------
 net_up() {
-  local k n link seg addr
+  local k n
   for k in "${SEGMENTS[@]}"; do
     ip netns add "$(ns "sw$k")"
     ip -n "$(ns "sw$k")" link set lo up
@@ -162,23 +170,27 @@ net_up() {
     ip -n "$(ns "sw$k")" addr add "10.202.$k.1/24" dev br0
     ip -n "$(ns "sw$k")" link set br0 up
   done
-  for n in "${NODES[@]}"; do
-    ip netns add "$(ns "$n")"
-    ip -n "$(ns "$n")" link set lo up
-    for link in ${NODE_LINKS[$n]}; do
-      seg=${link%%:*} addr=${link#*:}
-      ip -n "$(ns "sw$seg")" link add "$n" type veth peer name "eth$seg" netns "$(ns "$n")"
-      ip -n "$(ns "sw$seg")" link set "$n" master br0 up
-      ip -n "$(ns "$n")" addr add "$addr/24" dev "eth$seg"
-      ip -n "$(ns "$n")" link set "eth$seg" up
-    done
-    # shellcheck disable=SC2086 # the route is a word list
-    ip -n "$(ns "$n")" route add ${NODE_ROUTES[$n]}
-    # What every Kubernetes node needs (kubeadm checks it): forwarding on.
-    # (bridge-nf-call-iptables is 1 in a new namespace already.)
-    ip netns exec "$(ns "$n")" sysctl -q -w net.ipv4.ip_forward=1
+  for n in "${NODES[@]}"; do node_net_up "$n"; done
+}
+
+# node_net_up NODE: the node's network namespace, its legs on the segments, its routes.
+node_net_up() {
+  local n=$1 link seg addr
+  ip netns add "$(ns "$n")"
+  ip -n "$(ns "$n")" link set lo up
+  for link in ${NODE_LINKS[$n]}; do
+    seg=${link%%:*} addr=${link#*:}
+    ip -n "$(ns "sw$seg")" link add "$n" type veth peer name "eth$seg" netns "$(ns "$n")"
+    ip -n "$(ns "sw$seg")" link set "$n" master br0 up
+    ip -n "$(ns "$n")" addr add "$addr/24" dev "eth$seg"
+    ip -n "$(ns "$n")" link set "eth$seg" up
   done
-  if [ "$TOPOLOGY" = relay ]; then
+  # shellcheck disable=SC2086 # the route is a word list
+  ip -n "$(ns "$n")" route add ${NODE_ROUTES[$n]}
+  # What every Kubernetes node needs (kubeadm checks it): forwarding on.
+  # (bridge-nf-call-iptables is 1 in a new namespace already.)
+  ip netns exec "$(ns "$n")" sysctl -q -w net.ipv4.ip_forward=1
+  if [ "$TOPOLOGY" = relay ] && [ "$n" = cp ]; then
     # cp routes between the segments but passes none of weft's UDP ports.
     ip netns exec "$(ns cp)" nft -f - <<EOF
 table inet $PREFIX-underlay {
@@ -386,24 +398,30 @@ start_containerd() {
 }
 
 # Every image into the node's containerd, under its name, pinned (never garbage-collected).
+# ctr's own warnings (cgroup v1 is deprecated, ...) go to the node's ctr log.
+node_ctr() {
+  local n=$1
+  shift
+  on "$n" "$BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io "$@" 2>> "$LOGS/$n-ctr.log"
+}
+
 import_images() {
   local n=$1 tar name
   for tar in "$IMAGES"/*.tar; do
-    on "$n" "$BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io images import "$tar" >/dev/null
+    node_ctr "$n" images import "$tar" >/dev/null
   done
-  for name in $(on "$n" "$BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io images ls -q | grep -v '^sha256:'); do
-    on "$n" "$BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io images label "$name" io.cri-containerd.pinned=pinned >/dev/null
+  for name in $(node_ctr "$n" images ls -q | grep -v '^sha256:'); do
+    node_ctr "$n" images label "$name" io.cri-containerd.pinned=pinned >/dev/null
   done
-  log "node $n: images imported: $(on "$n" "$BIN/ctr" --address /run/containerd/containerd.sock -n k8s.io images ls -q | grep -cv '^sha256:')"
+  log "node $n: images imported: $(node_ctr "$n" images ls -q | grep -cv '^sha256:')"
 }
 
+# The control-plane node takes ordinary pods too (no control-plane taint): three nodes
+# for the tests' pods, and some e2e tests need three schedulable nodes.
 start_kubelet() {
-  local n=$1 extra=()
-  # The control-plane node takes no ordinary pods, as kubeadm sets it up.
-  [ "$n" = cp ] && extra+=(--register-with-taints=node-role.kubernetes.io/control-plane=:NoSchedule)
+  local n=$1
   start "$n" kubelet env PATH="$BIN:$PATH" "$BIN/kubelet" --config "$STATE/nodes/$n/etc/kubelet.yaml" \
-    --kubeconfig "$PKI/kubelet-$n.kubeconfig" --hostname-override "$n" --node-ip "${NODE_IP[$n]}" \
-    "${extra[@]}" --v=2
+    --kubeconfig "$PKI/kubelet-$n.kubeconfig" --hostname-override "$n" --node-ip "${NODE_IP[$n]}" --v=2
 }
 
 start_kube_proxy() {
@@ -421,6 +439,42 @@ node_up() {
   import_images "$n"
   start_kubelet "$n"
   start_kube_proxy "$n"
+}
+
+# node_gone NODE: the node's machine is gone: every process of it (daemons, containers)
+# killed, its network namespace and its files removed. The Node object stays (the
+# cluster sees a node that stopped answering). node_net_up, then node_up, bring a fresh
+# machine of the same name back.
+node_cgroups() {
+  local h
+  for h in $(cgroup_hierarchies); do
+    echo "$h/$PREFIX/daemons/$1" "$h/$PREFIX/$1"
+  done
+}
+
+node_gone() {
+  local n=$1 d pids k
+  for d in $(node_cgroups "$n"); do
+    if [ -f "$d/freezer.state" ]; then echo FROZEN > "$d/freezer.state"; fi
+  done
+  for k in $(seq 1 50); do
+    pids=$(for d in $(node_cgroups "$n"); do
+      if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null; fi
+    done | sort -un)
+    [ -z "$pids" ] && break
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+    for d in $(node_cgroups "$n"); do
+      if [ -f "$d/freezer.state" ]; then echo THAWED > "$d/freezer.state"; fi
+    done
+    sleep 0.1
+  done
+  for d in $(node_cgroups "$n"); do
+    if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
+  done
+  rm -f "$STATE"/pids/"$n"-*
+  ip netns del "$(ns "$n")"
+  rm -rf "${STATE:?}/nodes/$n"
 }
 
 # --- teardown --------------------------------------------------------------------------------
@@ -450,6 +504,7 @@ teardown() {
     sleep 0.1
   done
   [ -z "$(cgroup_procs)" ] || log "WARNING: processes left in cgroups $PREFIX: $(cgroup_procs | tr '\n' ' ')"
+  log "down: processes gone (${SECONDS}s)"
   # Anything still in our network namespaces (should be nothing), then the namespaces.
   local netns
   for netns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX-" || true); do
@@ -461,6 +516,7 @@ teardown() {
   for netns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX-" || true); do
     ip netns del "$netns" || log "WARNING: could not delete network namespace $netns"
   done
+  log "down: network namespaces gone (${SECONDS}s)"
   # The cgroups, deepest first.
   for h in $(cgroup_hierarchies); do
     if [ -d "$h/$PREFIX" ]; then find "$h/$PREFIX" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi

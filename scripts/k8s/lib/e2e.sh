@@ -11,11 +11,17 @@
 # The suites: Networking (pod-to-pod, node-to-pod, UDP, HTTP, Services granular checks),
 # Services (pod networking through kube-proxy), and every NetworkPolicy test.
 E2E_FULL_FOCUS='\[sig-network\] (Networking|Services|Netpol|NetworkPolicy)'
-# What cannot run here, whatever the network plugin (docs/conformance.md gives each reason):
-# SCTP (the kernel has no SCTP), LoadBalancer/cloud/provider-specific and disruptive tests
-# that need a cloud or SSH to nodes, IPv6/dual-stack (IPv4-only cluster), tests that need the
-# Internet, and performance measurements.
-E2E_SKIP='SCTP|Feature:LoadBalancer|Feature:Networking-IPv6|Feature:Networking-DNS|Feature:Networking-IPv4|IPv6DualStack|Feature:Networking-Performance|\[Disruptive\]|Provider:|Feature:ServiceCIDRs|type=LoadBalancer|Type LoadBalancer'
+# What cannot run here, whatever the network plugin: pattern, then the reason (the summary
+# gives it for every test it leaves out). Anything else that cannot run here is skipped by
+# the suite itself, with its own reason (no SSH to nodes, components not run as pods, ...).
+E2E_SKIPS=(
+  'SCTP' 'this kernel has no SCTP'
+  'Feature:LoadBalancer' 'needs a cloud provider load balancer'
+  'Feature:Networking-IPv6|IPv6DualStack' 'IPv4-only cluster (weft is IPv4-only so far)'
+  'Feature:Networking-IPv4|Feature:Networking-DNS' 'needs the Internet (8.8.8.8, google.com), which the cluster cannot reach'
+)
+E2E_SKIP=$(for ((i = 0; i < ${#E2E_SKIPS[@]}; i += 2)); do printf '%s|' "${E2E_SKIPS[i]}"; done)
+E2E_SKIP=${E2E_SKIP%|}
 # CI: the Conformance networking tests, the granular Services checks and a NetworkPolicy
 # subset covering ingress, egress, namespaces, ports (named and numbered), ipBlock/except,
 # UDP, policy updates and deletion.
@@ -64,29 +70,44 @@ run_e2e() {
     --junit-report=junit.xml --json-report=report.json --output-dir="$out" \
     "$BIN/e2e.test" -- \
     --kubeconfig="$STATE/admin-in-cluster.kubeconfig" --kubectl-path="$BIN/kubectl" \
-    --provider=skeleton --num-nodes="$(( ${#NODES[@]} - 1 ))" \
+    --provider=skeleton --num-nodes="${#NODES[@]}" \
     --e2e-output-dir="$out" --report-dir="$out" --disable-log-dump \
     --dump-logs-on-failure=false \
     > "$out/e2e.log" 2>&1 || rc=$?
   log "e2e ($label) finished in $(( SECONDS - t0 ))s (exit $rc); log: $out/e2e.log"
-  e2e_summary "$out/report.json" > "$out/summary.md" || true
-  cat "$out/summary.md" >&2 || true
+  e2e_summary "$out/report.json" "$E2E_FULL_FOCUS" > "$out/summary.md" || true
+  head -n 1 "$out/summary.md" >&2 || true
+  grep -E '\| (failed|timedout|panicked|interrupted)' "$out/summary.md" >&2 || true
   return "$rc"
 }
 
-# e2e_summary REPORT.json: one line per test that ran or was selected, with its state and,
-# for failures, the first line of the failure message.
+# e2e_summary REPORT.json FOCUS: every test of the suites in FOCUS: passed, failed (with
+# the first line of the failure) or skipped (with the reason: the suite's own, or the one
+# of E2E_SKIPS that left it out).
 e2e_summary() {
-  jq -r '
-    [.[].SpecReports[] | select(.LeafNodeType == "It")] as $specs
+  local reasons
+  reasons=$(for ((i = 0; i < ${#E2E_SKIPS[@]}; i += 2)); do
+    jq -n --arg re "${E2E_SKIPS[i]}" --arg why "${E2E_SKIPS[i+1]}" '{re: $re, why: $why}'
+  done | jq -s .)
+  jq -r --arg focus "$2" --argjson reasons "$reasons" '
+    def name: (.ContainerHierarchyTexts + [.LeafNodeText] | join(" ")) + (if (.LeafNodeLabels // []) | length > 0 then "" else "" end);
+    def line1: split("\n") | map(select(length > 0)) | first // "" | .[0:200] | gsub("\\|"; "/");
+    [.[].SpecReports[] | select(.LeafNodeType == "It") | select(name | test($focus))] as $specs
     | ($specs | map(select(.State == "passed")) | length) as $p
-    | ($specs | map(select(.State == "failed" or .State == "timedout" or .State == "panicked")) | length) as $f
-    | ($specs | map(select(.State == "skipped")) | length) as $s
-    | "passed \($p), failed \($f), skipped \($s)",
+    | ($specs | map(select(.State == "failed" or .State == "timedout" or .State == "panicked" or .State == "interrupted")) | length) as $f
+    | ($specs | map(select(.State == "skipped" or .State == "pending")) | length) as $s
+    | "passed \($p), failed \($f), skipped \($s) (of \($specs | length) tests)",
       "",
       "| test | result | seconds |",
       "|---|---|---|",
-      ($specs | sort_by((.ContainerHierarchyTexts + [.LeafNodeText]) | join(" "))[]
-        | "| \((.ContainerHierarchyTexts + [.LeafNodeText]) | join(" ")) | \(.State)\(if .Failure then ": " + (.Failure.Message | split("\n")[0] | .[0:160]) else "" end) | \((.RunTime / 1e9) | floor) |")
+      ($specs | sort_by(name)[]
+        | . as $t
+        | (if .State == "passed" then "passed"
+           elif .State == "skipped" then
+             "skipped: " + ((.Failure.Message // "" | line1) as $m
+               | if $m != "" then $m
+                 else ([$reasons[] | select(. as $r | $t | name | test($r.re)) | .why] | first // "not selected") end)
+           else .State + ": " + (.Failure.Message // "" | line1) end) as $res
+        | "| \(name | gsub("\\|"; "/")) | \($res) | \((.RunTime / 1e9) | floor) |")
   ' "$1"
 }
