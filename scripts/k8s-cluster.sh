@@ -2,9 +2,12 @@
 # A real Kubernetes cluster on this machine, with weft installed from deploy/ as a user
 # installs it, and the upstream e2e networking and NetworkPolicy suites run against it.
 #
-#   bash scripts/k8s-cluster.sh up      build what is missing, start the cluster, install
+#   bash scripts/k8s-cluster.sh up [--topology flat|segments]
+#                                       build what is missing, start the cluster, install
 #                                       weft and cluster DNS; ends by printing
-#                                       KUBECONFIG=<path> and KUBECTL=<path>
+#                                       KUBECONFIG=<path> and KUBECTL=<path>. segments: w2
+#                                       on a second network segment, reached only through
+#                                       cp, so that weft relays (lib/cluster.sh)
 #   bash scripts/k8s-cluster.sh test    the upstream suites, then weft's own cluster tests
 #                                       (docs/conformance.md has the results and options)
 #   bash scripts/k8s-cluster.sh down    remove everything: processes, namespaces, cgroups,
@@ -19,7 +22,7 @@
 # for the test images) without a registry. scripts/k8s/lib/*.sh has the parts; each says
 # how it works.
 #
-# Settings (environment): WEFT_K8S_TOPOLOGY=flat|relay (lib/cluster.sh), WEFT_K8S_STATE
+# Settings (environment): WEFT_K8S_TOPOLOGY=flat|segments (as --topology), WEFT_K8S_STATE
 # (cluster state, default /var/lib/weft-k8s), WEFT_K8S_CACHE (build output, default
 # target/k8s), WEFT_K8S_API_PORT (default 16443), WEFT_K8S_KEEP=1 (a failed `up` leaves
 # the cluster for inspection instead of removing it). Needs root, Linux with network
@@ -76,12 +79,20 @@ cmd_build() {
   build_all
 }
 
-# `up` fails with exit 75 while what fails is the environment (packages, builds, the control
-# plane, a node's runtime), with 1 once weft's installation has begun (a weft failure):
-# scripts/test.sh reports the first as "not run", the second as a failure.
-UP_PHASE=environment
+# `up` fails with exit 75 when the build fails (packages, Go modules, Debian archives: often
+# the machine's network or a registry), with 1 for anything after it (the cluster, weft).
+UP_PHASE=cluster
 
 cmd_up() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --topology) TOPOLOGY=${2:-}; shift ;;
+      --topology=*) TOPOLOGY=${1#*=} ;;
+      *) die "up: unknown option $1 (--topology flat|segments)" ;;
+    esac
+    shift
+  done
+  topology_init # refuses an unknown topology before anything is built
   # The build as a process of its own, so that any failure in it is the environment's.
   bash "$0" build || exit 75
   if [ -e "$STATE" ]; then
@@ -132,7 +143,6 @@ cmd_up() {
 up_failed() {
   local rc=$?
   trap - EXIT
-  [ "$rc" != 0 ] && [ "$UP_PHASE" = environment ] && rc=75
   log "up FAILED (exit $rc, while setting up the $UP_PHASE); last lines of the logs in $LOGS:"
   local f
   for f in "$LOGS"/*.log; do

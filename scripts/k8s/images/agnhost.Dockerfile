@@ -4,7 +4,9 @@
 # container (test/images/agnhost/Dockerfile); here the same tools come from Debian: bash,
 # curl, wget, nc, ss/ip, iperf, socat, dig. Left out: the fake registry and the porter
 # certificates (not used by the networking suites) and the agnhost-2 entrypoint copy.
-FROM debian:bookworm-slim
+# Debian trixie, not bookworm: the IPerf2 test parses iperf's CSV output and needs iperf 2.2
+# or later (17 fields, test/e2e/network/util_iperf.go); bookworm has 2.1.8.
+FROM debian:trixie-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         bash curl wget netcat-openbsd iproute2 iputils-ping iperf socat bind9-dnsutils util-linux procps \

@@ -16,6 +16,7 @@
 CHECK_NS=weft-checks
 CHECKS=(policy_within_a_second rolling_update delete_router_pod secret_missing
   wrong_password apiserver_restart etcd_unavailable kubelet_restart wrong_start_order node_deleted)
+# and relay_path in the segments topology (first)
 CHECK_TAG=0
 
 now_ms() { date +%s%3N; }
@@ -383,13 +384,16 @@ check_wrong_start_order() {
 # cluster frees its pod CIDR); a fresh machine of the same name joins again and gets a
 # working pod network.
 # space_reclaimed NODE PEER CIDR: on every router but NODE's, PEER (NODE's old router)
-# holds no IPAM record and nobody holds CIDR, and one of them says it reclaimed PEER's
-# space (kube.reclaimed). Writes who did it to $STATE/checks/node_deleted.reclaimer.
+# holds no IPAM record, nobody holds CIDR, none still has a reclaim of PEER pending, and one
+# of them says it reclaimed PEER's space (kube.reclaimed). Writes who did it to
+# $STATE/checks/node_deleted.reclaimer.
 space_reclaimed() {
   local n=$1 peer=$2 cidr=$3 pod js by=""
   for pod in $(kc -n weft get pods -l app.kubernetes.io/name=weft -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}' | awk -v n="$n" '$2 != n { print $1 }'); do
     js=$(kc -n weft exec "$pod" -c weft -- weft status --json) || return 1
     jq -e --arg p "$peer" --arg c "$cidr" '[.ipam.peers[] | select(.name == $p or (.blocks | index($c)))] | length == 0' <<<"$js" >/dev/null || return 1
+    # and none of them still waits to reclaim it (a router that saw another do it first)
+    jq -e --arg p "$peer" '[(.kube.reclaim_pending // [])[] | select(startswith($p))] | length == 0' <<<"$js" >/dev/null || return 1
     by+=$(jq -r --arg p "$peer" --arg c "$cidr" '. as $s | .kube.reclaimed[] | select(startswith($p) and contains("freed " + $c)) | "\($s.nickname): \(.)"' <<<"$js" | tr '\n' ';')
   done
   [ -n "$by" ] && echo "$by" > "$STATE/checks/node_deleted.reclaimer"
@@ -435,12 +439,49 @@ check_node_deleted() {
   fi
 }
 
+# The segments topology only: w1 and w2 share no segment and cp's underlay drops weft's
+# ports between them, so w1's router reaches w2's only through cp's (next hop cp, no
+# connection of its own to w2), and pod traffic w1->w2 is carried by that relay: HTTP and
+# a 20 MB TCP transfer. cp's drop counter shows that the direct way was tried and refused.
+check_relay_path() {
+  local w2name cpname js hop direct
+  js=$(weft_status_on w1)
+  w2name=$(jq -r '.peers[] | select(.nickname == "w2") | .name' <<<"$js")
+  cpname=$(jq -r '.peers[] | select(.nickname == "cp") | .name' <<<"$js")
+  hop=$(jq -r --arg p "$w2name" '.peers[] | select(.name == $p) | (.next_hop // "none")' <<<"$js")
+  direct=$(jq -r --arg ip "${NODE_IP[w2]}" '[.connections[] | select((.address | startswith($ip + ":")) and .state == "established")] | length' <<<"$js")
+  server rp-srv w2
+  pod rp-cli w1 check /bin/sh -c "sleep 3600"
+  local ip t0 http=fail bulk=fail secs
+  ip=$(pod_ip rp-srv)
+  if kc -n "$CHECK_NS" exec rp-cli -- curl -s --max-time 5 "http://$ip:8080/hostname" | grep -qx rp-srv; then http=ok; fi
+  t0=$(now_ms)
+  if kc -n "$CHECK_NS" exec rp-cli -- iperf -c "$ip" -p 5001 -n 20M -f m > "$STATE/checks/relay_path.iperf" 2>&1 \
+    && grep -q 'Mbits/sec' "$STATE/checks/relay_path.iperf"; then bulk=ok; fi
+  secs=$(( ($(now_ms) - t0) / 1000 ))
+  kc -n "$CHECK_NS" delete pod rp-srv rp-cli --now >/dev/null
+  local drops
+  drops=$(ip netns exec "$(ns cp)" nft -j list table inet "$PREFIX-underlay" 2>/dev/null \
+    | jq '[.nftables[] | .rule? // empty | .expr[] | .counter? // empty | .packets] | add // 0' 2>/dev/null || echo 0)
+  local rate
+  rate=$(grep -o '[0-9.]* Mbits/sec' "$STATE/checks/relay_path.iperf" | tail -n 1)
+  if [ -n "$w2name" ] && [ "$hop" = "$cpname" ] && [ "$direct" = 0 ] && [ "$http" = ok ] && [ "$bulk" = ok ] && [ "${drops:-0}" -gt 0 ]; then
+    check_result relay_path pass "w1's router: w2 reachable via next hop cp, no connection of its own to w2; pod w1->w2 HTTP ok, 20 MB TCP in ${secs}s (${rate:-?}); cp dropped $drops direct weft packets between the segments"
+  else
+    check_result relay_path FAIL "w1's router: w2 ($w2name) next hop $hop (cp is $cpname), $direct established connection(s) of its own to w2; pod HTTP $http, 20 MB TCP $bulk; cp's drops $drops"
+  fi
+}
+
 run_checks() {
   local only=${CHECKS_ONLY:-} c failed=0
   mkdir -p "$STATE/checks"
   printf '| check | result | measured |\n|---|---|---|\n' > "$STATE/checks/summary.md"
   kc create namespace "$CHECK_NS" --dry-run=client -o yaml | kc apply -f - >/dev/null
-  for c in "${CHECKS[@]}"; do
+  local list=("${CHECKS[@]}")
+  # relay_path first: before the other checks restart routers (its next hop must be the
+  # one the routers found by themselves).
+  if [ "$TOPOLOGY" = segments ] || [[ ,$only, == *,relay_path,* ]]; then list=(relay_path "${list[@]}"); fi
+  for c in "${list[@]}"; do
     if [ -n "$only" ] && [[ ,$only, != *",$c,"* ]]; then continue; fi
     log "check $c"
     "check_$c" || failed=$(( failed + 1 ))

@@ -15,7 +15,7 @@
 # ($PREFIX-swK, 10.202.K.0/24, the bridge itself at .1 as every node's default gateway,
 # which forwards nothing); each node has a veth on every segment it is on.
 #   flat  (default): cp, w1, w2 on one segment.
-#   relay: cp and w1 on segment 0, w2 on segment 1; cp is on both and routes between them,
+#   segments: cp and w1 on segment 0, w2 on segment 1; cp is on both and routes between them,
 #          but drops weft's UDP ports (6783-6785) there, like a firewall between two sites
 #          that lets only the cluster's own traffic through: w1 and w2 reach each other (and
 #          the API server) through cp, and their weft routers must relay through cp's.
@@ -38,12 +38,13 @@ topology_init() {
       NODE_LINKS=([cp]="0:10.202.0.10" [w1]="0:10.202.0.11" [w2]="0:10.202.0.12")
       NODE_ROUTES=([cp]="default via 10.202.0.1" [w1]="default via 10.202.0.1" [w2]="default via 10.202.0.1")
       ;;
-    relay)
+    segments | relay) # relay: its first name
+      TOPOLOGY=segments
       SEGMENTS=(0 1)
       NODE_LINKS=([cp]="0:10.202.0.10 1:10.202.1.10" [w1]="0:10.202.0.11" [w2]="1:10.202.1.12")
       NODE_ROUTES=([cp]="default via 10.202.0.1" [w1]="default via 10.202.0.10" [w2]="default via 10.202.1.10")
       ;;
-    *) die "WEFT_K8S_TOPOLOGY=$TOPOLOGY: flat or relay" ;;
+    *) die "topology $TOPOLOGY: flat or segments" ;;
   esac
   local n
   for n in "${NODES[@]}"; do
@@ -190,7 +191,7 @@ node_net_up() {
   # What every Kubernetes node needs (kubeadm checks it): forwarding on.
   # (bridge-nf-call-iptables is 1 in a new namespace already.)
   ip netns exec "$(ns "$n")" sysctl -q -w net.ipv4.ip_forward=1
-  if [ "$TOPOLOGY" = relay ] && [ "$n" = cp ]; then
+  if [ "$TOPOLOGY" = segments ] && [ "$n" = cp ]; then
     # cp routes between the segments but passes none of weft's UDP ports.
     ip netns exec "$(ns cp)" nft -f - <<EOF
 table inet $PREFIX-underlay {

@@ -28,7 +28,7 @@ PKI=$STATE/pki
 
 # --- the cluster -----------------------------------------------------------------------------
 PREFIX=weft-k8s                      # every namespace, cgroup and link name starts with it
-TOPOLOGY=${WEFT_K8S_TOPOLOGY:-flat}  # flat | relay (see cluster.sh)
+TOPOLOGY=${WEFT_K8S_TOPOLOGY:-flat}  # flat | segments (see cluster.sh; `up --topology`)
 API_PORT=${WEFT_K8S_API_PORT:-16443} # kubectl on this machine: 127.0.0.1:API_PORT
 SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
