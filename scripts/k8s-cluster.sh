@@ -93,6 +93,10 @@ cmd_up() {
     shift
   done
   topology_init # refuses an unknown topology before anything is built
+  local d
+  if d=$(under_node_dir "$STATE"); then
+    die "the cluster's state ($STATE, WEFT_K8S_STATE) is under $d, which every node has a private copy of: choose another place"
+  fi
   # The build as a process of its own, so that any failure in it is the environment's.
   bash "$0" build || exit 75
   if [ -e "$STATE" ]; then

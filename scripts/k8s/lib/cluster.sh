@@ -15,7 +15,8 @@
 # ($PREFIX-swK, 10.202.K.0/24, the bridge itself at .1 as every node's default gateway,
 # which forwards nothing); each node has a veth on every segment it is on.
 #   flat  (default): cp, w1, w2 on one segment.
-#   segments: cp and w1 on segment 0, w2 on segment 1; cp is on both and routes between them,
+#   segments: cp and w1 on segment 0, w2 on segment 1; cp is on both and routes between them
+#          (w1 and w2 route only the other segment through it),
 #          but drops weft's UDP ports (6783-6785) there, like a firewall between two sites
 #          that lets only the cluster's own traffic through: w1 and w2 reach each other (and
 #          the API server) through cp, and their weft routers must relay through cp's.
@@ -42,7 +43,12 @@ topology_init() {
       TOPOLOGY=segments
       SEGMENTS=(0 1)
       NODE_LINKS=([cp]="0:10.202.0.10 1:10.202.1.10" [w1]="0:10.202.0.11" [w2]="1:10.202.1.12")
-      NODE_ROUTES=([cp]="default via 10.202.0.1" [w1]="default via 10.202.0.10" [w2]="default via 10.202.1.10")
+      # Only the other segment through cp; the default route is the segment's switch, which
+      # forwards nothing: were cp w1's default gateway, w1's traffic to a Service IP that its
+      # own kube-proxy has not programmed would be NATed by cp's kube-proxy instead.
+      NODE_ROUTES=([cp]="default via 10.202.0.1"
+        [w1]="default via 10.202.0.1;10.202.1.0/24 via 10.202.0.10"
+        [w2]="default via 10.202.1.1;10.202.0.0/24 via 10.202.1.10")
       ;;
     *) die "topology $TOPOLOGY: flat or segments" ;;
   esac
@@ -186,8 +192,12 @@ node_net_up() {
     ip -n "$(ns "$n")" addr add "$addr/24" dev "eth$seg"
     ip -n "$(ns "$n")" link set "eth$seg" up
   done
-  # shellcheck disable=SC2086 # the route is a word list
-  ip -n "$(ns "$n")" route add ${NODE_ROUTES[$n]}
+  local route routes
+  IFS=';' read -r -a routes <<<"${NODE_ROUTES[$n]}"
+  for route in "${routes[@]}"; do
+    # shellcheck disable=SC2086 # a route is a word list
+    ip -n "$(ns "$n")" route add $route
+  done
   # What every Kubernetes node needs (kubeadm checks it): forwarding on.
   # (bridge-nf-call-iptables is 1 in a new namespace already.)
   ip netns exec "$(ns "$n")" sysctl -q -w net.ipv4.ip_forward=1
@@ -223,13 +233,33 @@ node_dirs_up() {
   done
 }
 
+# under_node_dir PATH: prints the node directory (NODE_DIRS) that PATH is in, if any.
+under_node_dir() {
+  local pair d
+  for pair in "${NODE_DIRS[@]}"; do
+    d=${pair%%:*}
+    case $1/ in "$d"/*) echo "$d"; return 0 ;; esac
+  done
+  return 1
+}
+
 # The holder: enters the node's network namespace, makes a private mount namespace with the
 # node's directories bound in, and sleeps; the node's processes join it (`on`, `start`).
+# The build output (binaries, image archives) may lie in one of those directories (a
+# checkout under /tmp, WEFT_K8S_CACHE=/tmp/...): it is bound in first under the node's state
+# and bound back over the node's private copy, so that the node sees the machine's.
 holder_up() {
   local n=$1 binds="" pair
+  if under_node_dir "$CACHE" >/dev/null; then
+    mkdir -p "$STATE/nodes/$n/cache-view"
+    binds+="mount --bind $CACHE $STATE/nodes/$n/cache-view; "
+  fi
   for pair in "${NODE_DIRS[@]}"; do
     binds+="mount --bind $STATE/nodes/$n/${pair#*:} ${pair%%:*}; "
   done
+  if under_node_dir "$CACHE" >/dev/null; then
+    binds+="mkdir -p $CACHE; mount --bind $STATE/nodes/$n/cache-view $CACHE; "
+  fi
   mk_cgroup "daemons/$n"
   local join="" h
   for h in $(cgroup_hierarchies); do join+=" $h/$PREFIX/daemons/$n/cgroup.procs"; done
