@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of weft: formatting, lints, unit and property tests, the deterministic
-# simulations, and the namespace tests (real routers in network namespaces; need root).
+# simulations, the namespace tests (real routers in network namespaces; need root), and a
+# real Kubernetes cluster with the upstream e2e suites (scripts/k8s-cluster.sh; root).
 # Installs missing system packages first (Debian). Builds once (release) and reuses it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,6 +117,41 @@ if [ "$fuzz_secs" -gt 0 ]; then
     if [ -d "fuzz/seeds/$t" ]; then mkdir -p "fuzz/corpus/$t"; seeds=("corpus/$t" "seeds/$t"); fi
     (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "${seeds[@]}" -- -max_total_time="$fuzz_secs" 2>&1 | tail -n 3)
   done
+fi
+
+# A real Kubernetes cluster built on this machine (scripts/k8s-cluster.sh, docs/conformance.md):
+# everything built from source (a cold build is most of the step's time), weft installed from
+# deploy/ as users install it, the upstream e2e suites' CI selection and weft's own cluster
+# checks, then everything removed. Any failure fails the run, a build that could not be done
+# (exit 75: packages, Go modules or Debian archives not fetched or built) included, as a
+# cargo build that cannot fetch its crates does. WEFT_K8S_TESTS=0 skips the step.
+if [ "${WEFT_K8S_TESTS:-1}" != 0 ] && [ "$(id -u)" = 0 ]; then
+  step "Kubernetes cluster: build, up, upstream e2e (CI selection) + weft cluster checks, down"
+  bash scripts/k8s-cluster.sh down >/dev/null 2>&1 || true # leftovers of an earlier run
+  set +e
+  bash scripts/k8s-cluster.sh up
+  up=$?
+  k8s=$up
+  if [ "$up" = 0 ]; then
+    bash scripts/k8s-cluster.sh test
+    k8s=$?
+  fi
+  bash scripts/k8s-cluster.sh down
+  down=$?
+  set -e
+  if [ "$up" = 75 ]; then
+    echo "Kubernetes cluster tests FAILED: the cluster's programs or images could not be built (see above)" >&2
+    exit 1
+  elif [ "$k8s" != 0 ]; then
+    echo "Kubernetes cluster tests FAILED (exit $k8s; results in the log above)" >&2
+    exit 1
+  elif [ "$down" != 0 ]; then
+    echo "Kubernetes cluster: 'down' could not remove everything (exit $down)" >&2
+    exit 1
+  fi
+  step "Kubernetes cluster tests passed"
+else
+  echo "note: Kubernetes cluster tests skipped (WEFT_K8S_TESTS=0 or not root)" >&2
 fi
 
 step "done"

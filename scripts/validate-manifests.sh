@@ -192,13 +192,16 @@ def check(docs):
                 if it["key"] not in have:
                     errs.append(f"{where}: Secret {sec['secretName']} has no key {it['key']}")
                 consumed.add(os.path.join(m["mountPath"], it["path"]))
-        # probes: the status API on the node's loopback; readiness is /readyz (in the mesh),
-        # startup and liveness /healthz (alive, whatever peers or the API server do)
-        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
-                            ("readinessProbe", "/readyz")):
+        # probes: the status API on the node's loopback; startup and liveness /healthz
+        # (alive, whatever peers or the API server do); readiness `weft status ready`
+        # (/readyz: in the mesh; an exec probe, so that the reason reaches the pod's events)
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz")):
             get = (router.get(probe) or {}).get("httpGet") or {}
             if (get.get("host"), get.get("port"), get.get("path")) != ("127.0.0.1", 6784, path):
                 errs.append(f"{where}: {probe} must GET http://127.0.0.1:6784{path}, not {get}")
+        ready = ((router.get("readinessProbe") or {}).get("exec") or {}).get("command")
+        if ready != ["weft", "status", "ready"]:
+            errs.append(f"{where}: readinessProbe must run [weft, status, ready], not {ready}")
         if not pw_file:
             errs.append(f"{where}: the router gets no --password-file / WEFT_PASSWORD_FILE")
         elif pw_file not in consumed:
@@ -224,7 +227,8 @@ def self_test(docs):
         "missing verb": lambda d: role(d)["rules"][-1]["verbs"].clear(),
         "secret key": lambda d: secret(d).update({"stringData": {"pass": "x"}}),
         "password path": lambda d: [e.update({"value": "/elsewhere"}) for e in ds(d)["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "WEFT_PASSWORD_FILE"],
-        "readiness probe": lambda d: ds(d)["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"].update({"path": "/healthz"}),
+        "readiness probe": lambda d: ds(d)["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"].update({"command": ["weft", "status"]}),
+        "liveness probe": lambda d: ds(d)["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"].update({"path": "/readyz"}),
         "secret in deploy/": lambda d: d.append(("deploy/99-secret.yaml", copy.deepcopy(secret(d)))),
     }
     for name, fault in faults.items():

@@ -207,9 +207,12 @@ pub enum StatusWhat {
     Peers,
     Connections,
     Ipam,
+    /// Readiness (`GET /readyz`): prints "ready", or the reason and fails. The DaemonSet's
+    /// readiness probe runs it, so the reason shows in `kubectl describe pod`.
+    Ready,
 }
 
-/// `weft status [peers|connections|ipam] [--json] [--addr URL]`
+/// `weft status [peers|connections|ipam|ready] [--json] [--addr URL]`
 #[derive(Clone, Debug, clap::Args)]
 pub struct StatusArgs {
     /// What to show (default: the summary).
@@ -234,6 +237,7 @@ pub fn status_path(what: Option<StatusWhat>, json: bool) -> &'static str {
         (Some(StatusWhat::Connections), true) => "/status/connections?format=json",
         (Some(StatusWhat::Ipam), false) => "/status/ipam",
         (Some(StatusWhat::Ipam), true) => "/status/ipam?format=json",
+        (Some(StatusWhat::Ready), _) => "/readyz",
     }
 }
 
@@ -257,6 +261,7 @@ fn pretty_json(what: Option<StatusWhat>, body: &str) -> anyhow::Result<String> {
         Some(StatusWhat::Peers) => typed::<Vec<PeerInfo>>(body, &v),
         Some(StatusWhat::Connections) => typed::<Vec<ConnInfo>>(body, &v),
         Some(StatusWhat::Ipam) => typed::<IpamInfo>(body, &v),
+        Some(StatusWhat::Ready) => None,
     };
     match ordered {
         Some(s) => Ok(s),
@@ -268,6 +273,9 @@ fn pretty_json(what: Option<StatusWhat>, body: &str) -> anyhow::Result<String> {
 /// answers with an error.
 pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let path = status_path(args.what, args.json);
+    if args.what == Some(StatusWhat::Ready) {
+        return run_ready(&args.addr).await;
+    }
     let (code, body) = get(&args.addr, path).await?;
     if code != 200 {
         bail!(
@@ -286,6 +294,18 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         out.push('\n');
     }
     print_stdout(&out)
+}
+
+/// `weft status ready`: "ready" and success when the router answers 200 to `/readyz`,
+/// else a failure whose message is the router's reason ("not ready: waiting for ...").
+/// Within 3 s, so that a probe with a few seconds' timeout gets the reason, not a kill.
+async fn run_ready(addr: &str) -> anyhow::Result<()> {
+    let (code, body) = get_timeout(addr, "/readyz", Duration::from_secs(3)).await?;
+    match code {
+        200 => print_stdout(&format!("{}\n", body.trim())),
+        _ if body.trim().is_empty() => bail!("not ready (the router answered {code})"),
+        _ => bail!("{}", body.trim()),
+    }
 }
 
 /// Writes to stdout; a closed pipe (`weft status | head`) is not an error.

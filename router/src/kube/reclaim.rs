@@ -99,6 +99,8 @@ struct Entry {
     /// Not before (after a try).
     next_try: Instant,
     last_error: Option<String>,
+    /// Its IPAM record has been among the owners here (it can only vanish by a removal).
+    seen: bool,
 }
 
 /// The reclaim state of one router.
@@ -171,6 +173,7 @@ impl Reclaimer {
                                 unreachable_since: None,
                                 next_try: now,
                                 last_error: None,
+                                seen: false,
                             },
                         );
                     }
@@ -250,6 +253,7 @@ impl Reclaimer {
                                 unreachable_since: Some(now),
                                 next_try: now,
                                 last_error: None,
+                                seen: true,
                             },
                         );
                     }
@@ -266,11 +270,17 @@ impl Reclaimer {
             let turn = self.turn(p);
             let e = self.candidates.get_mut(&p).expect("listed");
             let Some(o) = by_name.get(&p) else {
-                if matches!(e.why, Why::Deleted(_)) && now >= e.since + DELETED_TTL {
+                if e.seen {
+                    // its record went away: another survivor reclaimed it first
+                    let why = e.why.clone();
+                    self.candidates.remove(&p);
+                    self.remember(format!("{p} ({why}): reclaimed by another router"));
+                } else if matches!(e.why, Why::Deleted(_)) && now >= e.since + DELETED_TTL {
                     self.candidates.remove(&p);
                 }
                 continue;
             };
+            e.seen = true;
             if o.reachable {
                 if e.why == Why::Orphan {
                     // an orphan must stay unreachable without interruption
@@ -303,10 +313,7 @@ impl Reclaimer {
             Outcome::Done(what) => {
                 let why = self.candidates.remove(&peer).map(|e| e.why);
                 let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
-                self.history.push_back(format!("{peer}{why}: {what}"));
-                if self.history.len() > HISTORY {
-                    self.history.pop_front();
-                }
+                self.remember(format!("{peer}{why}: {what}"));
             }
             Outcome::Nothing => {
                 self.candidates.remove(&peer);
@@ -319,12 +326,21 @@ impl Reclaimer {
         }
     }
 
+    fn remember(&mut self, line: String) {
+        self.history.push_back(line);
+        if self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+    }
+
     /// Reclaims waiting for their conditions, one line each, for status.
     pub fn pending(&self) -> Vec<String> {
         self.candidates
             .iter()
             .map(|(p, e)| {
-                let state = if e.unreachable_since.is_none() {
+                let state = if !e.seen {
+                    "waiting for its IPAM record to reach this router"
+                } else if e.unreachable_since.is_none() {
                     "waiting until it is unreachable"
                 } else {
                     "waiting for its turn"

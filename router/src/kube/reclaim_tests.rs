@@ -181,6 +181,37 @@ fn failed_reclaims_are_retried_and_unknown_ones_dropped() {
 }
 
 #[test]
+fn a_space_reclaimed_by_another_survivor_is_no_longer_pending() {
+    let t0 = Instant::now();
+    let mut r = reclaimer();
+    r.on_view(&api(&["b"]), t0);
+    r.on_view(&api(&[]), t0);
+    assert!(
+        r.pending()[0].ends_with("waiting for its IPAM record to reach this router"),
+        "{:?}",
+        r.pending()
+    );
+    // its record is here, its router unreachable: a removal is tried
+    let dead = [owner("b", false)];
+    r.due(&dead, t0);
+    assert!(
+        r.pending()[0].ends_with("waiting for its turn"),
+        "{:?}",
+        r.pending()
+    );
+    // the other survivor removed it: the record is gone
+    assert!(r.due(&[], t0 + Duration::from_secs(1)).is_empty());
+    assert!(r.pending().is_empty(), "{:?}", r.pending());
+    assert_eq!(
+        r.history(),
+        vec![format!(
+            "{} (Node b deleted): reclaimed by another router",
+            pn("b")
+        )]
+    );
+}
+
+#[test]
 fn orphans_after_a_grace_period_without_interruption() {
     let t0 = Instant::now();
     let mut r = reclaimer();

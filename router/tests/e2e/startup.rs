@@ -17,6 +17,19 @@ async fn get(lab: &Lab, i: usize, path: &str) -> (u16, String) {
         .expect("the API answers")
 }
 
+/// `weft status ready` against node `i`, as the DaemonSet's readiness probe runs it:
+/// (success, stdout + stderr).
+fn ready_cmd(lab: &Lab, i: usize) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["status", "ready", "--addr"])
+        .arg(format!("unix:{}", lab.node_socket(i).display()))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 async fn wait_readyz(lab: &Lab, i: usize, want: u16, limit: Duration) -> String {
     let t = Instant::now();
     loop {
@@ -56,6 +69,10 @@ async fn a_blank_or_missing_password_file_is_waited_for_not_fatal() {
     let why = wait_readyz(&lab, 1, 503, Duration::from_secs(10)).await;
     assert!(why.contains("waiting for the network password"), "{why}");
     assert!(why.contains("is empty"), "{why}");
+    // The readiness probe's command fails with the same reason (kubectl describe shows it).
+    let (ok, text) = ready_cmd(&lab, 1);
+    assert!(!ok, "weft status ready succeeds while waiting: {text}");
+    assert!(text.contains("waiting for the network password"), "{text}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(weft::lab::process::alive(pid), "the router did not exit");
     let (code, body) = get(&lab, 1, "/healthz").await;
@@ -118,6 +135,8 @@ async fn a_blank_or_missing_password_file_is_waited_for_not_fatal() {
     std::fs::write(&file, &secret).unwrap();
     wait_readyz(&lab, 1, 200, Duration::from_secs(20)).await;
     eprintln!("ready {:?} after the password file was fixed", t.elapsed());
+    let (ok, text) = ready_cmd(&lab, 1);
+    assert!(ok && text.trim() == "ready", "weft status ready: {text}");
     assert!(
         weft::lab::process::alive(pid),
         "the same process, no restart"
