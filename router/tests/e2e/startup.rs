@@ -141,14 +141,17 @@ async fn a_blank_or_missing_password_file_is_waited_for_not_fatal() {
         weft::lab::process::alive(pid),
         "the same process, no restart"
     );
-    let st = lab.status(1).await.unwrap();
-    assert!(
-        st.connections
-            .iter()
-            .any(|c| c.state == weft::status::ConnState::Established),
-        "{:?}",
-        st.connections
-    );
+    // In the mesh (once seen ready with no established connection under load: a follow-up
+    // in the notes; the wait keeps this test about the password file).
+    lab.wait_until(Duration::from_secs(5), "n1 connected", |s| {
+        s[0].as_ref().is_some_and(|st| {
+            st.connections
+                .iter()
+                .any(|c| c.state == weft::status::ConnState::Established)
+        })
+    })
+    .await
+    .unwrap();
 
     // Missing from the start (the Secret does not exist when the pod starts): the first
     // read fails, and that too is waited for, not fatal.
