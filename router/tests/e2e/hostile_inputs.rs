@@ -24,6 +24,34 @@ impl Drop for Namespaces {
     }
 }
 
+/// A host on lab `lab`'s underlay switch that is no peer: namespace `<prefix><tag>` with eth0
+/// on the switch, holding `addrs` (each `/24`). Removed when the guard drops.
+fn underlay_host(lab: &weft::lab::Lab, prefix: &str, addrs: &[String]) -> (String, Namespaces) {
+    let tag = lab::random_alnum(4);
+    let name = format!("{prefix}{tag}");
+    netns_add(&name);
+    let guard = Namespaces(vec![name.clone()]);
+    let sw = format!("weft-{}-sw", lab.id());
+    let port = format!("{name}p");
+    ip(&[
+        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &name,
+    ]);
+    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+    for a in addrs {
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{a}/24"),
+            "dev",
+            "eth0",
+        ]);
+    }
+    ip(&["-n", &name, "link", "set", "eth0", "up"]);
+    (name, guard)
+}
+
 fn has_eth0(ns: &str) -> bool {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "ip", "-o", "link"])
@@ -369,26 +397,7 @@ async fn vxlan_from_a_host_that_is_not_a_peer_reaches_no_pod() {
     .await
     .unwrap();
     // A host on the underlay switch that is no peer.
-    let tag = lab::random_alnum(4);
-    let intruder = format!("whv{tag}");
-    netns_add(&intruder);
-    let _ns = Namespaces(vec![intruder.clone()]);
-    let sw = format!("weft-{}-sw", lab.id());
-    let port = format!("whv{tag}p");
-    ip(&[
-        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &intruder,
-    ]);
-    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-    ip(&[
-        "-n",
-        &intruder,
-        "addr",
-        "add",
-        "10.201.0.250/24",
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", &intruder, "link", "set", "eth0", "up"]);
+    let (intruder, _ns) = underlay_host(&lab, "whv", &["10.201.0.250".into()]);
     let a_mac = frames::mac_in(&a.namespace, "eth0");
     let inner = frames::eth(
         a_mac,
@@ -461,27 +470,9 @@ async fn withheld_sleeve_datagrams_replayed_from_elsewhere_do_not_move_a_peer() 
     assert!(ping_within(&b.namespace, &a.ip, Duration::from_secs(15)));
     let sw = format!("weft-{}-sw", lab.id());
     let (n1, n2) = (lab.underlay_addr(1), lab.underlay_addr(2));
-    let tag = lab::random_alnum(4);
-    let intruder = format!("whr{tag}");
-    netns_add(&intruder);
-    let _ns = Namespaces(vec![intruder.clone()]);
-    let port = format!("whr{tag}p");
-    ip(&[
-        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &intruder,
-    ]);
-    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-    ip(&[
-        "-n",
-        &intruder,
-        "addr",
-        "add",
-        "10.201.0.250/24",
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", &intruder, "link", "set", "eth0", "up"]);
+    let (intruder, _ns) = underlay_host(&lab, "whr", &["10.201.0.250".into()]);
     let hold = format!(
-        "table bridge whr{tag} {{\n chain f {{\n  type filter hook forward priority 0;\n  ip saddr {n2} ip daddr {n1} udp dport 6784 drop\n }}\n}}\n"
+        "table bridge {intruder} {{\n chain f {{\n  type filter hook forward priority 0;\n  ip saddr {n2} ip daddr {n1} udp dport 6784 drop\n }}\n}}\n"
     );
     let nft = |script: &str| {
         let mut c = Command::new("ip")
@@ -521,7 +512,7 @@ async fn withheld_sleeve_datagrams_replayed_from_elsewhere_do_not_move_a_peer() 
     ) -> Vec<Vec<u8>> {
         frames::capture(ns, ifname, d, keep)
     }
-    nft(&format!("delete table bridge whr{tag}"));
+    nft(&format!("delete table bridge {intruder}"));
     assert!(!held.is_empty(), "nothing held back");
     // Newer traffic gets through first.
     assert!(ping_within(&b.namespace, &a.ip, Duration::from_secs(5)));
@@ -843,30 +834,10 @@ async fn a_flood_of_unanswered_quic_initials_costs_nothing_and_starves_nobody() 
     let node1 = std::net::SocketAddr::from((lab.underlay_addr(1), 6783));
     // A host on the underlay that sends QUIC Initials and never answers (its firewall drops
     // everything coming back, counted).
-    let tag = lab::random_alnum(4);
-    let attacker = format!("whq{tag}");
-    netns_add(&attacker);
-    let _ns = Namespaces(vec![attacker.clone()]);
-    let sw = format!("weft-{}-sw", lab.id());
-    let port = format!("whq{tag}p");
-    ip(&[
-        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &attacker,
-    ]);
-    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
     // Twenty source addresses (a spoofer has as many as it likes).
     let sources: Vec<std::net::Ipv4Addr> = (200..220).map(|i| [10, 201, 0, i].into()).collect();
-    for a in &sources {
-        ip(&[
-            "-n",
-            &attacker,
-            "addr",
-            "add",
-            &format!("{a}/24"),
-            "dev",
-            "eth0",
-        ]);
-    }
-    ip(&["-n", &attacker, "link", "set", "eth0", "up"]);
+    let addrs: Vec<String> = sources.iter().map(|a| a.to_string()).collect();
+    let (attacker, _ns) = underlay_host(&lab, "whq", &addrs);
     let rules = format!(
         "table inet whq {{\n\
            chain out {{ type filter hook output priority 0; ip daddr {ip} udp dport 6783 counter comment \"sent\"; }}\n\
