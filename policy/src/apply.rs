@@ -139,6 +139,13 @@ impl Nft {
         self.run(&["-f", "-"], Some(script), "ruleset").map(|_| ())
     }
 
+    /// Checks one script without applying it (`nft --check`): nft parses it and the kernel
+    /// validates the transaction, then discards it.
+    pub fn check_script(&self, script: &str) -> Result<(), ApplyError> {
+        self.run(&["--check", "-f", "-"], Some(script), "ruleset (check)")
+            .map(|_| ())
+    }
+
     /// Named counters of a table (`inet` family): name → (packets, bytes). A missing table has
     /// no counters.
     pub fn counters(&self, table: &str) -> Result<Counters, ApplyError> {

@@ -140,6 +140,13 @@ async fn up(a: LabUpArgs) -> anyhow::Result<()> {
     let id = a.id;
     let n = nodes;
     let plugin = super::pods::weft_net_beside(&opts.bin);
+    if a.pods > 0 && !plugin.is_file() {
+        anyhow::bail!(
+            "{} not found: the lab attaches pods through it (build both with `cargo build \
+             --release -p weft`, or use --pods 0)",
+            plugin.display()
+        );
+    }
     if topo.is_single_segment() {
         say!(
             "weft lab {id}: {n} node{} in namespaces weft-{id}-n1..n{n} on switch weft-{id}-sw, \

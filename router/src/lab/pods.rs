@@ -3,8 +3,10 @@
 
 use anyhow::{bail, Context};
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::Lab;
 
@@ -113,12 +115,27 @@ pub fn start_pods(lab: &Lab, plugin: &Path, per_node: usize) -> anyhow::Result<V
     Ok(pods)
 }
 
-/// Whether `from` reaches `ip` (one ping).
+/// Whether `from` reaches `ip`: one ICMP echo from inside the namespace, answered within 2 s.
+/// Sent by this process (a raw ICMP socket opened in the namespace by a thread that enters
+/// it), so the lab needs no `ping` command.
 pub fn ping(from: &str, ip: &str) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", from, "ping", "-c1", "-W2", ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    echo(from, ip).is_ok()
+}
+
+/// One ICMP echo from namespace `from` to `ip`, or why there was no answer.
+pub fn echo(from: &str, ip: &str) -> anyhow::Result<Duration> {
+    let target: IpAddr = ip
+        .parse()
+        .with_context(|| format!("{ip:?} is not an IP address"))?;
+    let reply = super::run_in_netns(from, || {
+        let mut pinger = ping::Pinger::builder()
+            .socket_type(ping::SocketType::RAW)
+            .build()?;
+        pinger.ping(target, Duration::from_secs(2))
+    })?
+    .map_err(|e| match e {
+        ping::Error::Timeout => anyhow::anyhow!("no answer from {ip} within 2 s"),
+        e => anyhow::anyhow!("ICMP echo from {from} to {ip}: {e}"),
+    })?;
+    Ok(reply.rtt)
 }

@@ -496,7 +496,51 @@ pub fn check_prerequisites() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("weft lab needs root (it creates network namespaces): run it with sudo");
     }
-    ip(&["-V"]).map(drop)
+    ip(&["-V"]).map(drop)?;
+    nft_accepts_the_pod_guard()
+}
+
+/// Fails with advice unless `nft` runs and it and the kernel accept the tables every router
+/// writes (the pod guard's, the most demanding), checked with `nft --check`: nothing is
+/// changed anywhere. Without nft a router runs, but no pod can attach (the guard cannot be put
+/// in place) and nothing is masqueraded or enforced; better said here than in a node log.
+fn nft_accepts_the_pod_guard() -> anyhow::Result<()> {
+    let version = match Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => bail!(
+            "`nft --version` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "the `nft` command was not found: weft lab's routers write their pod guard, \
+             NetworkPolicy and masquerade tables with it (install nftables, e.g. \
+             `apt-get install nftables`)"
+        ),
+        Err(e) => bail!("cannot run nft: {e}"),
+    };
+    let sample = weft_policy::guard::Guard {
+        node: weft_policy::guard::NodePorts {
+            bridge: "weft".into(),
+            udp: vec![6783, 6784],
+            tcp: vec![6782, 6784],
+        },
+        ports: vec![weft_policy::guard::PodPort {
+            host_ifname: "vethwe00000001".into(),
+            mac: [0x02, 0, 0, 0, 0, 1],
+            ipv4: vec![Ipv4Addr::new(10, 32, 0, 2)],
+            ipv6: Vec::new(),
+        }],
+    };
+    let script = sample
+        .to_nft()
+        .map_err(|e| anyhow!("the sample pod guard: {e}"))?;
+    weft_policy::Nft::new().check_script(&script).map_err(|e| {
+        anyhow!(
+            "{version} or this kernel does not accept the pod guard's tables (weft needs \
+             nftables 1.0 or newer and a kernel with nf_tables for the bridge and inet \
+             families): {e}"
+        )
+    })
 }
 
 /// Names of the existing network namespaces that start with `prefix`.

@@ -366,3 +366,123 @@ async fn up_fails_cleanly_without_binary() {
         .unwrap()
         .is_empty());
 }
+
+/// A directory holding links to only `tools` (found on the current `PATH`): a `PATH` for a
+/// machine that lacks everything else. Removed on drop.
+struct OnlyTools(PathBuf);
+
+impl OnlyTools {
+    fn new(tools: &[&str]) -> OnlyTools {
+        let dir = std::env::temp_dir().join(format!("weft-path-{}", lab::random_alnum(8)));
+        std::fs::create_dir(&dir).unwrap();
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        for t in tools {
+            let found = std::env::split_paths(&path)
+                .map(|d| d.join(t))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| panic!("{t} is not on PATH"));
+            std::os::unix::fs::symlink(found, dir.join(t)).unwrap();
+        }
+        OnlyTools(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for OnlyTools {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `weft lab up` as a user runs it, with `PATH` set to `path`.
+fn lab_up_with_path(path: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["lab", "up"])
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+fn nothing_left(id: &str) {
+    assert!(
+        lab::list_namespaces(&format!("weft-{id}-"))
+            .unwrap()
+            .is_empty(),
+        "namespaces of lab {id} left behind"
+    );
+    assert!(
+        !lab::lab_dir(id).exists(),
+        "{} left behind",
+        lab::lab_dir(id).display()
+    );
+}
+
+#[tokio::test]
+async fn up_names_a_missing_tool_and_leaves_nothing_behind() {
+    if !prerequisites() {
+        return;
+    }
+    for (tools, package) in [(&["ip"][..], "nftables"), (&["nft"][..], "iproute2")] {
+        let id = test_id();
+        let _guard = LabGuard::new(&id);
+        let path = OnlyTools::new(tools);
+        let out = lab_up_with_path(path.path(), &["--id", &id, "--nodes", "2"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "with only {tools:?}: {stderr}");
+        assert!(
+            stderr.contains(package) && stderr.contains("apt-get install"),
+            "with only {tools:?} the error must name {package}: {stderr}"
+        );
+        nothing_left(&id);
+    }
+}
+
+#[tokio::test]
+async fn up_needs_no_ping_command() {
+    if !prerequisites() {
+        return;
+    }
+    let id = test_id();
+    let _guard = LabGuard::new(&id);
+    // What a fresh Debian machine with iproute2 and nftables has: no ping, no iperf, no
+    // tcpdump. The pods' reachability check must still pass (it is weft's own ICMP echo).
+    let path = OnlyTools::new(&["ip", "nft"]);
+    let out = lab_up_with_path(
+        path.path(),
+        &["--id", &id, "--nodes", "2", "--pods", "1", "--no-password"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ping n1-p1 -> n2-p1") && stdout.contains("ping n2-p1 -> n1-p1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+    // ... and it is an honest probe: a pod that is gone does not answer.
+    let victim = stdout
+        .lines()
+        .find(|l| l.contains("ping n1-p1 -> n2-p1"))
+        .and_then(|l| l.split(['(', ')']).nth(1))
+        .expect("the address of n2-p1")
+        .to_string();
+    let from = format!("weft-{id}-n1-p1");
+    assert!(weft::lab::pods::ping(&from, &victim), "n1-p1 -> {victim}");
+    lab::topology::ip(&[
+        "-n",
+        &format!("weft-{id}-n2-p1"),
+        "link",
+        "set",
+        "eth0",
+        "down",
+    ])
+    .unwrap();
+    let err = weft::lab::pods::echo(&from, &victim)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no answer"), "{err}");
+}
