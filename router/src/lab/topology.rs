@@ -537,8 +537,8 @@ fn nft_accepts_the_pod_guard() -> anyhow::Result<()> {
     weft_policy::Nft::new().check_script(&script).map_err(|e| {
         anyhow!(
             "{version} or this kernel does not accept the pod guard's tables (weft needs \
-             nftables 1.0 or newer and a kernel with nf_tables for the bridge and inet \
-             families): {e}"
+             nf_tables for the bridge and inet families, and an nft that knows the \
+             expressions it uses): {e}"
         )
     })
 }
