@@ -22,14 +22,8 @@ cargo build --release -q -p weft --bins
 BIN=./target/release/weft
 trap '$BIN lab down --id $ID >/dev/null 2>&1 || true' EXIT
 
-iperf() { # $1 server ns, $2 client ns, $3 server ip, $4 seconds -> Gbit/s
-  ip netns exec "$1" timeout $(($4 + 15)) iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
-  sleep 0.5
-  ip netns exec "$2" iperf3 -c "$3" -p 5201 -t "$4" -J 2>/dev/null | python3 -c 'import json,sys
-try: print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))
-except Exception: print("fail")'
-  wait || true
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 mean() { printf '%s\n' "$@" | awk '$1+0 > 0 {s+=$1; n++} END{if (n) printf "%.2f", s/n; else print "fail"}'; }
 sd() { printf '%s\n' "$@" | awk '$1+0 > 0 {s+=$1; q+=$1*$1; n++} END{if (n) {m=s/n; v=q/n-m*m; printf "%.2f", sqrt(v > 0 ? v : 0)} else print "-"}'; }
 fails() { printf '%s\n' "$@" | grep -c fail || true; }
@@ -44,12 +38,7 @@ guard() { # on|off: the per-packet rules of bridge weft-pods in both nodes
   done
   if [ "$1" = on ]; then
     for _ in $(seq 100); do
-      ok=1
-      for n in 1 2; do
-        ip netns exec weft-$ID-n$n nft list chain bridge weft-pods prerouting 2>/dev/null |
-          grep -q 'vmap @ports' || ok=0
-      done
-      [ $ok = 1 ] && return 0
+      [ "$(in_force)" = yes ] && return 0
       sleep 0.1
     done
     echo "the router did not restore its pod guard" >&2

@@ -28,14 +28,8 @@ else
   echo "peers.sh not found (set PEERS_SH): measuring weft only" >&2
 fi
 
-iperf() { # $1 server ns, $2 client ns, $3 server ip, $4 seconds -> Gbit/s
-  ip netns exec "$1" timeout $(($4 + 15)) iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
-  sleep 0.5
-  ip netns exec "$2" iperf3 -c "$3" -p 5201 -t "$4" -J 2>/dev/null | python3 -c 'import json,sys
-try: print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))
-except Exception: print("fail")'
-  wait || true
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 rtt_us() { # $1 ns, $2 ip -> "avg p50 p90" RTT in µs over 200 pings, 20 ms apart
   ip netns exec "$1" ping -c 200 -i 0.02 -W 1 "$2" 2>/dev/null |
     sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
