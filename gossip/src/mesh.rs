@@ -134,6 +134,10 @@ pub enum Input {
     },
     /// An outbound attempt from a `Connect` action failed before being established.
     ConnectFailed { addr: SocketAddr, failure: Failure },
+    /// An outbound attempt from a `Connect` action reached this router itself, as the
+    /// handshake proved before it could complete (the other end of the connection is
+    /// ours and closes it). The address is never dialled again; not a failure.
+    DialedSelf { addr: SocketAddr },
     /// A decoded gossip message arrived on an established connection.
     Message { conn: ConnId, msg: Message },
 }
@@ -376,6 +380,7 @@ impl Mesh {
             } => self.on_established(conn, addr, outbound, peer, now),
             Input::ConnectionClosed { conn, reason } => self.on_closed(conn, reason, now),
             Input::ConnectFailed { addr, failure } => self.on_connect_failed(addr, failure, now),
+            Input::DialedSelf { addr } => self.targets.mark_self(addr),
             Input::Message { conn, msg } => self.on_message(conn, msg, now),
         }
         self.finish(now)

@@ -296,6 +296,27 @@ fn self_connection_is_closed_and_never_dialled_again() {
 }
 
 #[test]
+fn a_dial_that_reached_ourselves_before_completing_is_never_dialled_again() {
+    // The other end (ours) closed the connection before our side of the handshake was
+    // through: the driver reports the proven self-dial instead of a failure.
+    let (mut m, t0) = mesh(1);
+    let a = m.set_targets(&[addr(1), addr(2)], t0);
+    assert!(connects(&a).contains(&addr(1)));
+    let a = m.handle(Input::DialedSelf { addr: addr(1) }, t0);
+    assert!(closes(&a).is_empty());
+    let t = m
+        .connections(t0)
+        .into_iter()
+        .find(|c| c.addr == addr(1))
+        .unwrap();
+    assert_eq!(t.state, TargetState::IsSelf);
+    for s in 1..200 {
+        let a = m.handle(Input::Tick, t0 + Duration::from_secs(s));
+        assert!(!connects(&a).contains(&addr(1)));
+    }
+}
+
+#[test]
 fn inbound_over_the_limit_is_refused() {
     let cfg = Config {
         conn_limit: 2,

@@ -677,6 +677,10 @@ impl Loop {
                     now,
                 )
             }
+            Event::DialFailed(addr, ConnectError::SelfConnection) => {
+                debug!(%addr, "the address is this router's own; not dialled again");
+                mesh.handle(Input::DialedSelf { addr }, now)
+            }
             Event::DialFailed(addr, err) => {
                 let failure = err.to_failure();
                 self.count_failure(&err);

@@ -105,6 +105,10 @@ pub enum ConnectError {
     DuplicateName(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The dial reached this router itself (its own static key answered): not a failure,
+    /// the address is not dialled again.
+    #[error("the address is this router's own")]
+    SelfConnection,
 }
 
 impl ConnectError {
@@ -113,7 +117,9 @@ impl ConnectError {
         let kind = match self {
             ConnectError::Unreachable(_) | ConnectError::Timeout => FailKind::Unreachable,
             ConnectError::Auth(_) | ConnectError::PasswordMismatch(_) => FailKind::Auth,
-            ConnectError::Version(_) | ConnectError::Refused(_) => FailKind::Refused,
+            ConnectError::Version(_) | ConnectError::Refused(_) | ConnectError::SelfConnection => {
+                FailKind::Refused
+            }
             ConnectError::DuplicateName(_) => FailKind::DuplicateName,
             ConnectError::Protocol(_) => FailKind::Protocol,
         };
@@ -197,6 +203,7 @@ impl ConnectError {
             | ConnectError::DuplicateName(d)
             | ConnectError::Protocol(d) => d.clone(),
             ConnectError::Timeout => "handshake timed out".into(),
+            ConnectError::SelfConnection => "connection to self".into(),
         }
     }
 
@@ -208,6 +215,7 @@ impl ConnectError {
             ConnectError::Version(_) => CloseCode::VERSION,
             ConnectError::Refused(_) => CloseCode::REFUSED,
             ConnectError::DuplicateName(_) => CloseCode::DUPLICATE_NAME,
+            ConnectError::SelfConnection => CloseCode::NORMAL,
             ConnectError::Protocol(_) | ConnectError::Timeout | ConnectError::Unreachable(_) => {
                 CloseCode::PROTOCOL
             }

@@ -121,9 +121,24 @@ impl NoiseHandshake {
     /// A fresh X25519 private key (one per process: identity is not by key, the PSK is the
     /// credential).
     pub fn generate_static_key() -> Result<Zeroizing<Vec<u8>>, NoiseError> {
+        Ok(Self::generate_static_keypair()?.0)
+    }
+
+    /// A fresh X25519 key pair: (private, public).
+    pub fn generate_static_keypair() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), NoiseError> {
         let params = NOISE_PLAIN.parse().expect("valid Noise protocol name");
         let kp = snow::Builder::new(params).generate_keypair()?;
-        Ok(Zeroizing::new(kp.private))
+        Ok((Zeroizing::new(kp.private), kp.public))
+    }
+
+    /// The peer's static public key, once a handshake message has carried it (and the
+    /// message authenticated it: whoever sent it holds the private key).
+    pub fn remote_static(&self) -> Option<&[u8]> {
+        match &self.phase {
+            Phase::Handshake(hs) => hs.get_remote_static(),
+            Phase::Transport(t) => t.get_remote_static(),
+            Phase::Done => None,
+        }
     }
 
     pub fn new(
@@ -226,6 +241,8 @@ impl NoiseHandshake {
 pub(crate) struct LocalAuth<'a> {
     pub identity: &'a [u8],
     pub static_key: &'a [u8],
+    /// The public half of `static_key`: a responder presenting it is this router itself.
+    pub static_public: &'a [u8],
     pub psk: Option<&'a [u8; 32]>,
 }
 
@@ -281,24 +298,36 @@ pub(crate) async fn authenticate(
                 e => internal(e),
             })
         })?;
-        let m3 = noise
-            .write(local.identity)
-            .map_err(|e| io.fail(internal(e)))?;
-        io.send_msg(&mut send, &m3).await?;
-        let _ = send.finish();
-        let m4 = io.recv_msg(&mut recv).await?;
-        let payload = noise.read(&m4).map_err(|e| {
-            io.fail(match e {
-                NoiseError::Decrypt => ConnectError::Auth(
-                    "authentication failed: the peer did not prove it knows the network \
-                     password"
-                        .into(),
-                ),
-                e => internal(e),
-            })
-        })?;
-        decode_identity(&payload)
-            .map_err(|e| io.fail(ConnectError::Protocol(format!("peer identity: {e}"))))?
+        // Message 2 proved the responder holds its static key: ours means we dialled
+        // ourselves. The handshake still runs to the end, so that the responder half
+        // completes and the mesh closes both halves as a self-connection; but that close
+        // may overtake message 4, and then this half reports the self-dial, not a failure.
+        let to_self = noise.remote_static() == Some(local.static_public);
+        let rest = async {
+            let m3 = noise
+                .write(local.identity)
+                .map_err(|e| io.fail(internal(e)))?;
+            io.send_msg(&mut send, &m3).await?;
+            let _ = send.finish();
+            let m4 = io.recv_msg(&mut recv).await?;
+            let payload = noise.read(&m4).map_err(|e| {
+                io.fail(match e {
+                    NoiseError::Decrypt => ConnectError::Auth(
+                        "authentication failed: the peer did not prove it knows the network \
+                         password"
+                            .into(),
+                    ),
+                    e => internal(e),
+                })
+            })?;
+            decode_identity(&payload)
+                .map_err(|e| io.fail(ConnectError::Protocol(format!("peer identity: {e}"))))
+        };
+        match rest.await {
+            Ok(peer) => peer,
+            Err(_) if to_self => return Err(ConnectError::SelfConnection),
+            Err(e) => return Err(e),
+        }
     } else {
         let m1 = io.recv_msg(&mut recv).await?;
         noise.read(&m1).map_err(|e| {

@@ -136,6 +136,7 @@ struct Inner {
     identity: Vec<u8>,
     psk: Option<Zeroizing<[u8; 32]>>,
     static_key: Zeroizing<Vec<u8>>,
+    static_public: Vec<u8>,
     handshake_timeout: Duration,
 }
 
@@ -151,6 +152,7 @@ impl Inner {
         let local = handshake::LocalAuth {
             identity: &self.identity,
             static_key: &self.static_key,
+            static_public: &self.static_public,
             psk: self.psk.as_deref(),
         };
         match timeout_at(deadline, handshake::authenticate(&conn, outbound, &local)).await {
@@ -179,7 +181,7 @@ impl Transport {
         let identity = encode_identity(&cfg.identity);
         // Refuse to start with an identity peers would reject.
         decode_identity(&identity)?;
-        let static_key = NoiseHandshake::generate_static_key()?;
+        let (static_key, static_public) = NoiseHandshake::generate_static_keypair()?;
         let (server, client) = tls::configs()?;
         let mut endpoint =
             quinn::Endpoint::server(server, cfg.listen).map_err(|source| TransportError::Bind {
@@ -200,6 +202,7 @@ impl Transport {
                 identity,
                 psk: cfg.psk.map(Zeroizing::new),
                 static_key,
+                static_public,
                 handshake_timeout: cfg.handshake_timeout,
             }),
         })

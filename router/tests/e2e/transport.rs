@@ -263,6 +263,44 @@ async fn refused_attempt_and_unanswered_dial() {
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_to_itself_is_recognised_even_when_its_other_half_closes_first() {
+    // The mesh closes the inbound half of a self-connection as soon as it completes, which
+    // can overtake the last handshake message to the dialling half. That half must still
+    // see that it reached itself (its own static key answered), never a refusal.
+    let me = ident("self");
+    let mut cfg = TransportConfig::new("127.0.0.1:0".parse().unwrap(), me.clone(), None);
+    cfg.handshake_timeout = Duration::from_secs(3);
+    let t = Transport::bind(cfg).unwrap();
+    let acceptor = t.clone();
+    tokio::spawn(async move {
+        while let Some(i) = acceptor.accept().await {
+            tokio::spawn(async move {
+                if let Ok(c) = i.complete().await {
+                    c.close(CloseCode::NORMAL, "connection to self");
+                }
+            });
+        }
+    });
+    let (mut completed, mut closed_first) = (0, 0);
+    for _ in 0..40 {
+        match timeout(T, t.dial(t.local_addr())).await.expect("dial ends") {
+            Ok(c) => {
+                assert_eq!(c.peer.uid, me.uid, "completed: it names us");
+                completed += 1;
+            }
+            Err(ConnectError::SelfConnection) => closed_first += 1,
+            Err(e) => panic!("a dial to our own address failed as {e:?}"),
+        }
+    }
+    eprintln!("self-dials: {completed} completed, {closed_first} closed before completing");
+    // A dial to another router's address is not mistaken for one to ourselves.
+    let other = bind("other", None);
+    let (c, o) = connect(&t, &other).await;
+    let (c, _o) = (c.expect("dial to another router"), o.unwrap());
+    assert_ne!(c.peer.uid, me.uid);
+}
+
 #[tokio::test]
 async fn silent_client_cannot_hold_an_accept_slot() {
     let b = bind("b", Some(PSK_A));
