@@ -254,6 +254,20 @@ fn restarted_peer_replaces_its_old_connection() {
     assert_eq!(closes(&a), vec![(1, CloseReason::Duplicate)]);
 }
 
+/// `at` shows as this router's own address and is not dialled again for 200 s.
+fn assert_self_and_never_dialled(m: &mut Mesh, at: SocketAddr, t0: Instant) {
+    let t = m
+        .connections(t0)
+        .into_iter()
+        .find(|c| c.addr == at)
+        .unwrap();
+    assert_eq!(t.state, TargetState::IsSelf);
+    for s in 1..200 {
+        let a = m.handle(Input::Tick, t0 + Duration::from_secs(s));
+        assert!(!connects(&a).contains(&at));
+    }
+}
+
 #[test]
 fn self_connection_is_closed_and_never_dialled_again() {
     let (mut m, t0) = mesh(1);
@@ -282,16 +296,7 @@ fn self_connection_is_closed_and_never_dialled_again() {
         t0,
     );
     assert_eq!(closes(&a), vec![(4, CloseReason::SelfConnection)]);
-    let t = m
-        .connections(t0)
-        .into_iter()
-        .find(|c| c.addr == addr(1))
-        .unwrap();
-    assert_eq!(t.state, TargetState::IsSelf);
-    for s in 1..200 {
-        let a = m.handle(Input::Tick, t0 + Duration::from_secs(s));
-        assert!(!connects(&a).contains(&addr(1)));
-    }
+    assert_self_and_never_dialled(&mut m, addr(1), t0);
     assert_eq!(own(&m).version, 1, "never listed as a connection");
 }
 
@@ -304,16 +309,7 @@ fn a_dial_that_reached_ourselves_before_completing_is_never_dialled_again() {
     assert!(connects(&a).contains(&addr(1)));
     let a = m.handle(Input::DialedSelf { addr: addr(1) }, t0);
     assert!(closes(&a).is_empty());
-    let t = m
-        .connections(t0)
-        .into_iter()
-        .find(|c| c.addr == addr(1))
-        .unwrap();
-    assert_eq!(t.state, TargetState::IsSelf);
-    for s in 1..200 {
-        let a = m.handle(Input::Tick, t0 + Duration::from_secs(s));
-        assert!(!connects(&a).contains(&addr(1)));
-    }
+    assert_self_and_never_dialled(&mut m, addr(1), t0);
 }
 
 #[test]
