@@ -457,6 +457,33 @@ pub(crate) fn config_status(cfg: &RouterConfig, listen: String) -> Status {
         identity_conflicts: Vec::new(),
         refused_as_duplicate: None,
         pod_guard: None,
-        not_ready: None,
+        // Until the loop publishes its first snapshot (which says why, or None once ready),
+        // /readyz must not answer 200: a probe between the mesh's start and that snapshot
+        // would otherwise see a router with no gateway as ready.
+        not_ready: Some("starting: the first status snapshot is not built yet".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        router: crate::cli::RouterArgs,
+    }
+
+    #[test]
+    fn the_status_served_before_the_first_snapshot_is_not_ready() {
+        let args = Cli::try_parse_from(["weft", "--name", "02:00:00:00:00:01"])
+            .unwrap()
+            .router;
+        let cfg = RouterConfig::from_args_except_password(&args).unwrap();
+        let st = config_status(&cfg, "127.0.0.1:6783".into());
+        assert!(!st.is_placeholder(), "it names the router");
+        let why = st.not_ready.expect("not ready before the first snapshot");
+        assert!(why.contains("starting"), "{why}");
     }
 }
