@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Control-plane benchmarks (issue 2 targets). Needs root and iproute2.
+# Control-plane benchmarks. Needs root and iproute2.
 #   1. time for a 3-node `weft lab` mesh to be fully established after the routers start
 #      (as printed by `weft lab up`), over RUNS runs;
 #   2. router RSS after IDLE seconds idle in a 3-node mesh (VmRSS of each router);
@@ -12,7 +12,7 @@ RUNS=${1:-5}
 IDLE=${2:-60}
 SEEDS=${3:-"1 2 3"}
 ID=bench
-cargo build --release -q -p weft -p weft-gossip --examples --bins
+cargo build --release -q -p weft -p weft-cni -p weft-gossip --examples --bins
 BIN=./target/release/weft
 trap '$BIN lab down --id $ID >/dev/null 2>&1 || true' EXIT
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fastpath benchmark (issue 5 target), side by side with ../shared/bench/peers.sh in the same run:
+# Fastpath benchmark, side by side with ../shared/bench/peers.sh in the same run:
 #   1. the reference: peers.sh vxlan-bridge (pod netns -> veth -> bridge -> kernel VXLAN ->
 #      veth underlay, the path a pod takes, set up by hand);
 #   2. weft: a plain 2-node `weft lab` (no password: the kernel fastpath carries pod traffic),
@@ -14,7 +14,7 @@ ROUNDS=${2:-3}
 PEERS_SH=${PEERS_SH:-$(realpath ../shared/bench/peers.sh 2>/dev/null || true)}
 ID=bfp
 command -v iperf3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; }
-cargo build --release -q -p weft --bins
+cargo build --release -q -p weft -p weft-cni --bins
 BIN=./target/release/weft
 trap '$BIN lab down --id $ID >/dev/null 2>&1 || true' EXIT
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the pod guard costs (issue 14: under 5%), measured A/B in one run with one binary:
+# What the pod guard costs (the budget: under 5%), measured A/B in one run with one binary:
 # a 2-node `weft lab` with two pods per node, one iperf3 TCP stream per path, alternating
 # rounds with the guard in force and with its per-packet part taken out (the rules of
 # `bridge weft-pods` flushed from its prerouting chain in both nodes; the router's periodic
@@ -18,7 +18,7 @@ SECS=${1:-5}
 ROUNDS=${2:-8}
 ID=bpg
 command -v iperf3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; }
-cargo build --release -q -p weft --bins
+cargo build --release -q -p weft -p weft-cni --bins
 BIN=./target/release/weft
 trap '$BIN lab down --id $ID >/dev/null 2>&1 || true' EXIT
 

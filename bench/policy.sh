@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Policy benchmarks (issue 6 targets): 10,000 pods in 100 namespaces on 100 nodes and
+# Policy benchmarks: 10,000 pods in 100 namespaces on 100 nodes and
 # 1,000 NetworkPolicies. Measures compile, render and apply (real nft in a throwaway network
 # namespace: whole table on a node with 100 and with 1,000 local pods, element updates for one
 # pod added/removed), nft -f of text against JSON, and new-flow rate pod -> pod through the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How long pod traffic to another node stops while a router restarts (issue 7: upgrades).
+# How long pod traffic to another node stops while a router restarts (upgrades).
 # A 2-node `weft lab` with one pod per node; a pod on n1 pings the pod on n2 every 10 ms
 # while n1's router gets SIGTERM and the same command is started again as soon as the old
 # process has exited (a rolling upgrade without the kubelet's part). Prints, per round, how
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 ID=brp
-cargo build --release -q -p weft --bins
+cargo build --release -q -p weft -p weft-cni --bins
 BIN=./target/release/weft
 trap '$BIN lab down --id $ID >/dev/null 2>&1 || true' EXIT
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where a sleeve round trip spends its time (issue 4: added latency at low load).
+# Where a sleeve round trip spends its time (added latency at low load).
 # A 2-node encrypted `weft lab` (--no-fastpath, one pod per node); a pod on n1 pings the pod on
 # n2 COUNT times, INTERVAL apart, while tcpdump records the frames with kernel timestamps on
 # both nodes' TAP and underlay interfaces. Each round trip crosses eight capture points:
@@ -17,7 +17,7 @@ COUNT=${1:-200}
 INTERVAL=${2:-0.02}
 ID=bsll
 command -v tcpdump >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null; }
-cargo build --release -q -p weft --bins
+cargo build --release -q -p weft -p weft-cni --bins
 BIN=./target/release/weft
 DIR=$(mktemp -d /tmp/weft-latency.XXXXXX)
 cleanup() {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sleeve benchmarks (issue 4 targets), side by side with the peers of ../shared/bench/peers.sh
+# Sleeve benchmarks, side by side with the peers of ../shared/bench/peers.sh
 # in the same run. Needs root, iproute2, iperf3 (installed if missing).
 #   1. the peers: veth underlay, boringtun, wireguard-go (one iperf3 TCP stream each);
 #   2. weft: a 2-node `weft lab` with one pod per node, one iperf3 TCP stream pod -> pod
@@ -16,7 +16,7 @@ PEERS=${3:-"veth boringtun wireguard-go"}
 PEERS_SH=${PEERS_SH:-$(realpath ../shared/bench/peers.sh 2>/dev/null || true)}
 ID=bsl
 command -v iperf3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; }
-cargo build --release -q -p weft --bins
+cargo build --release -q -p weft -p weft-cni --bins
 BIN=./target/release/weft
 trap '$BIN lab down --id $ID >/dev/null 2>&1 || true' EXIT
 

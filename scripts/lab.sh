@@ -30,6 +30,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-cargo build --release -p weft
+cargo build --release -p weft -p weft-cni
 if [ $# -eq 0 ]; then set -- up --nodes 3; fi
 exec ./target/release/weft lab "$@"

@@ -1,4 +1,4 @@
-//! The node's TAP device, through which the sleeve (issue 4) moves frames between the bridge
+//! The node's TAP device, through which the sleeve (`weft-sleeve`) moves frames between the bridge
 //! and its encrypted UDP transport.
 //!
 //! rtnetlink cannot create a usable tun/tap device, so this is the one place with ioctls:

@@ -299,13 +299,6 @@ impl Compiled {
         &self.notes
     }
 
-    /// The index of a pod by namespace and name.
-    pub fn pod_index(&self, namespace: &str, name: &str) -> Option<usize> {
-        self.pods
-            .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
-            .ok()
-    }
-
     /// The pod owning an address.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<usize> {
         self.by_ip.get(&ip).copied()

@@ -1,6 +1,7 @@
 //! Command-line interface: `weft router`, `weft status`, `weft lab`.
 //!
-//! Flag names are a contract (BRIEF, "Interfaces"): tools outside this repo drive them.
+//! Flag names are a contract: tools outside this repo drive them (docs/operations.md). Add
+//! flags; never rename or drop one (keep an old spelling working beside a new one).
 
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;

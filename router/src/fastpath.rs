@@ -33,11 +33,8 @@ use weft_gossip::PeerName;
 
 /// Name of the VXLAN device.
 pub const VXLAN_IFNAME: &str = "weft-vxlan";
-/// VXLAN encapsulation: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
-pub const VXLAN_OVERHEAD: u32 = 50;
-/// ESP in transport mode with AES-GCM: SPI 4 + sequence 4 + IV 8 + padding/trailer up to 5
-/// + ICV 16 (the fastpath crate's figure).
-pub const ESP_OVERHEAD: u32 = 37;
+pub use weft_fastpath::xfrm::ESP_OVERHEAD;
+pub use weft_fastpath::VXLAN_OVERHEAD;
 /// What a pod frame grows by on the fastpath's wire.
 pub fn wire_overhead(esp: bool) -> u32 {
     VXLAN_OVERHEAD + if esp { ESP_OVERHEAD } else { 0 }

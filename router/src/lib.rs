@@ -17,7 +17,6 @@
 pub mod api;
 pub mod cli;
 pub mod client;
-pub mod cni;
 pub mod daemon;
 pub mod dataplane;
 pub mod enforcer;

@@ -20,6 +20,7 @@
 //! | `weft_sleeve_relayed_records_total` | counter | |
 //! | `weft_sleeve_icmp_frag_needed_total` | counter | |
 //! | `weft_sleeve_endpoint_changes_total` | counter | |
+//! | `weft_sleeve_rekeys_total` | counter | |
 //! | `weft_pod_guard_drops_total` | counter | `reason` = the pod guard's counters (`weft_policy::guard::COUNTERS`): spoofed-mac, spoofed-ip, spoofed-arp, spoofed-nd, router-messages, ethertype, unknown-port, node-ports, node-router-messages |
 //! | `weft_policy_*` | | see [`crate::enforcer::metrics`] |
 //!
@@ -219,6 +220,8 @@ pub struct Metrics {
     pub sleeve_relayed: Counter,
     pub sleeve_icmp: Counter,
     pub sleeve_endpoint_changes: Counter,
+    /// `weft_sleeve_rekeys_total`: session key steps of the sleeve.
+    pub sleeve_rekeys: Counter,
     /// `weft_fastpath_switches_total{to}`: a peer's traffic moved between fastpath and sleeve.
     pub fastpath_switches: Family<SwitchLabels, Counter>,
     /// `weft_pod_guard_drops_total{reason}`: what the pod guard dropped.
@@ -344,6 +347,12 @@ impl Metrics {
             "Peers followed to a new source address (NAT rebinding)",
             sleeve_endpoint_changes.clone(),
         );
+        let sleeve_rekeys = Counter::default();
+        registry.register(
+            "weft_sleeve_rekeys",
+            "Sleeve session key steps (each session steps its keys by volume and by time)",
+            sleeve_rekeys.clone(),
+        );
         for reason in SLEEVE_DROP_REASONS {
             let _ = sleeve_dropped.get_or_create(&DropLabels { reason });
         }
@@ -410,6 +419,7 @@ impl Metrics {
             sleeve_relayed,
             sleeve_icmp,
             sleeve_endpoint_changes,
+            sleeve_rekeys,
             fastpath_switches,
             pod_guard_drops,
             last_guard: Mutex::new(Default::default()),
@@ -571,6 +581,7 @@ impl Metrics {
             now.endpoint_changes,
             last.endpoint_changes,
         );
+        add_delta(&self.sleeve_rekeys, now.rekeys, last.rekeys);
         *last = *now;
     }
 
@@ -641,5 +652,17 @@ mod tests {
         );
         // Totals become counter increments once: a scrape without changes adds nothing.
         assert_eq!(value(&m.encode(), "weft_sleeve_relayed_records_total"), 7);
+    }
+
+    #[test]
+    fn sleeve_rekeys_are_exported() {
+        let m = Metrics::new();
+        let counters = Arc::new(Counters::default());
+        m.watch_sleeve(counters.clone().into());
+        assert!(m.encode().contains("weft_sleeve_rekeys_total 0"));
+        counters.rekeys.fetch_add(3, Ordering::Relaxed);
+        assert_eq!(value(&m.encode(), "weft_sleeve_rekeys_total"), 3);
+        counters.rekeys.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(value(&m.encode(), "weft_sleeve_rekeys_total"), 4);
     }
 }

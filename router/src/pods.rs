@@ -211,7 +211,7 @@ impl Pods {
                         Ok(AddOutcome::RetryAt(now + NOT_READY_RETRY))
                     } else {
                         Err(ApiError::new(
-                            code::ROUTER,
+                            code::ROUTER_ERROR,
                             "IPAM is not enabled on this router",
                         ))
                     });
@@ -236,16 +236,16 @@ impl Pods {
                                 mesh.ipam_release(&key(&a), now);
                             }
                             Err(ApiError::new(
-                                code::TRY_AGAIN,
+                                code::TRY_AGAIN_LATER,
                                 format!("cannot record the address in the state directory: {e}"),
                             ))
                         }
                     },
                     Err(IpamError::Pending { retry_at }) => Ok(AddOutcome::RetryAt(retry_at)),
                     Err(e @ (IpamError::Exhausted { .. } | IpamError::CidrExhausted { .. })) => {
-                        Err(ApiError::new(code::EXHAUSTED, e.to_string()))
+                        Err(ApiError::new(code::RANGE_EXHAUSTED, e.to_string()))
                     }
-                    Err(e) => Err(ApiError::new(code::ROUTER, e.to_string())),
+                    Err(e) => Err(ApiError::new(code::ROUTER_ERROR, e.to_string())),
                 };
                 let _ = reply.send(out);
                 Vec::new()
@@ -257,7 +257,7 @@ impl Pods {
                 };
                 let Some(al) = mesh.ipam_lookup(&key(&a)) else {
                     let _ = reply.send(Err(ApiError::new(
-                        code::ROUTER,
+                        code::ROUTER_ERROR,
                         "attachment has no address: ADD it first",
                     )));
                     return Vec::new();
@@ -266,7 +266,7 @@ impl Pods {
                     Some(m) if m[0] & 1 == 0 && m != [0; 6] => {}
                     _ => {
                         let _ = reply.send(Err(ApiError::new(
-                            code::ROUTER,
+                            code::ROUTER_ERROR,
                             format!("invalid MAC {:?} (must be unicast)", req.mac),
                         )));
                         return Vec::new();
@@ -275,7 +275,7 @@ impl Pods {
                 let host_ifname = weft_fastpath::host_ifname_for(&a.container_id, &a.ifname);
                 if req.host_ifname != host_ifname {
                     let _ = reply.send(Err(ApiError::new(
-                        code::ROUTER,
+                        code::ROUTER_ERROR,
                         format!(
                             "host interface {:?} is not the one weft-net makes for this attachment ({host_ifname})",
                             req.host_ifname
@@ -298,7 +298,7 @@ impl Pods {
                         None => self.endpoints.remove(&a),
                     };
                     let _ = reply.send(Err(ApiError::new(
-                        code::TRY_AGAIN,
+                        code::TRY_AGAIN_LATER,
                         format!("cannot record the endpoint in the state directory: {e}"),
                     )));
                     return Vec::new();
@@ -326,7 +326,7 @@ impl Pods {
                     (Some(al), Gateway::Ready(gw)) => {
                         Ok(Some(self.reply(al.ip, al.prefix_len, *gw)))
                     }
-                    (Some(_), _) => Err(ApiError::new(code::TRY_AGAIN, "gateway not ready")),
+                    (Some(_), _) => Err(ApiError::new(code::TRY_AGAIN_LATER, "gateway not ready")),
                     (None, _) => Ok(None),
                 };
                 let _ = reply.send(out);
@@ -361,7 +361,7 @@ impl Pods {
                 });
                 let out = match name {
                     None => Err(ApiError::new(
-                        code::ROUTER,
+                        code::ROUTER_ERROR,
                         format!("no peer named {:?} (give its name like 02:..:07, or its nickname while it is in the view)", req.peer),
                     )),
                     Some(n) => match mesh.remove_peer(n, req.force, now) {
@@ -375,7 +375,7 @@ impl Pods {
                                 addresses: o.addresses,
                             })
                         }
-                        Err(e) => Err(ApiError::new(code::ROUTER, e.to_string())),
+                        Err(e) => Err(ApiError::new(code::ROUTER_ERROR, e.to_string())),
                     },
                 };
                 let _ = reply.send(out);
@@ -385,14 +385,14 @@ impl Pods {
                 let out = match &self.gateway {
                     Gateway::Ready(_) => Ok(()),
                     Gateway::Failed(_, e) => Err(ApiError::new(
-                        code::TRY_AGAIN,
+                        code::TRY_AGAIN_LATER,
                         format!("the bridge gateway could not be set: {e}"),
                     )),
                     _ if !mesh.ipam_enabled() => {
-                        Err(ApiError::new(code::ROUTER, "IPAM is not enabled"))
+                        Err(ApiError::new(code::ROUTER_ERROR, "IPAM is not enabled"))
                     }
                     _ => Err(ApiError::new(
-                        code::TRY_AGAIN,
+                        code::TRY_AGAIN_LATER,
                         "waiting for address space (IPAM is claiming a block)",
                     )),
                 };

@@ -139,7 +139,7 @@ fn cni_refusals(reason: Arc<std::sync::Mutex<String>>) -> Router {
         async move {
             let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let e = ApiError::new(
-                code::TRY_AGAIN,
+                code::TRY_AGAIN_LATER,
                 format!("the weft router is waiting for the network password: {why}"),
             );
             (StatusCode::SERVICE_UNAVAILABLE, Json(e)).into_response()

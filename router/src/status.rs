@@ -8,7 +8,8 @@
 //! Routes ([`api_router`]): `GET /status` (text), `GET /status.json`, `GET /status/peers`,
 //! `GET /status/connections`, `GET /status/ipam` (text, or JSON with `?format=json` or
 //! `Accept: application/json`), `GET /healthz` (liveness) and `GET /readyz` (readiness).
-//! The JSON field names are a contract (see the brief's "Interfaces"): keep them.
+//! The JSON field names are a contract: tools outside this repo read them. Add fields; never
+//! rename or drop one.
 
 use std::fmt::Write as _;
 use std::path::Path;

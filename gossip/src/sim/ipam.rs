@@ -65,38 +65,6 @@ impl Sim {
         r
     }
 
-    /// Retries allocations on peer `i` until it has `n` in total (keys `prefix-k`) or the
-    /// range is exhausted, running the simulation between attempts; gives up at
-    /// `deadline` (virtual time since the start). Returns the allocations made.
-    pub fn ipam_fill(
-        &mut self,
-        i: PeerId,
-        prefix: &str,
-        n: usize,
-        deadline: std::time::Duration,
-    ) -> Result<Vec<Allocation>, IpamError> {
-        let mut got = Vec::new();
-        let mut k = 0;
-        while got.len() < n {
-            let key = AllocKey::new(format!("{prefix}-{k}"), "eth0");
-            match self.ipam_allocate(i, key, None) {
-                Ok(a) => {
-                    got.push(a);
-                    k += 1;
-                }
-                Err(IpamError::Pending { retry_at }) => {
-                    if self.elapsed() >= deadline {
-                        return Err(IpamError::Pending { retry_at });
-                    }
-                    let wait = retry_at.saturating_duration_since(self.now);
-                    self.run_for(wait.max(std::time::Duration::from_millis(10)));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(got)
-    }
-
     /// Every allocation of every running peer: (address, peer, key, conflicting).
     pub fn ipam_all_allocations(&self) -> Vec<(Ipv4Addr, PeerId, AllocKey, bool)> {
         let mut out = Vec::new();

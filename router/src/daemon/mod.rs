@@ -625,7 +625,7 @@ impl Loop {
                 Box::new(move |r: Result<(), String>| {
                     let _ = reply.send(r.map_err(|e| {
                         api::ApiError::new(
-                            api::code::TRY_AGAIN,
+                            api::code::TRY_AGAIN_LATER,
                             format!("cannot guard the pod's port: {e}"),
                         )
                     }));

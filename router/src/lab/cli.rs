@@ -143,7 +143,7 @@ async fn up(a: LabUpArgs) -> anyhow::Result<()> {
     if a.pods > 0 && !plugin.is_file() {
         anyhow::bail!(
             "{} not found: the lab attaches pods through it (build both with `cargo build \
-             --release -p weft`, or use --pods 0)",
+             --release -p weft -p weft-cni`, or use --pods 0)",
             plugin.display()
         );
     }

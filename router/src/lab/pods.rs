@@ -82,7 +82,7 @@ pub fn cni(
 pub fn start_pods(lab: &Lab, plugin: &Path, per_node: usize) -> anyhow::Result<Vec<LabPod>> {
     if !plugin.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release -p weft`",
+            "{} not found: build it with `cargo build --release -p weft-cni`",
             plugin.display()
         );
     }

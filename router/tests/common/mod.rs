@@ -14,7 +14,24 @@ use weft_fastpath::netns::Netns;
 pub mod frames;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-pub const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
+
+/// The CNI plugin, `weft-net`: built by the `weft-cni` package, so cargo does not build it
+/// for this package's tests; it is taken from beside `weft` (where `cargo build --release
+/// --workspace`, and so scripts/test.sh, puts it). A test that needs it and finds none fails
+/// and says how to build it.
+pub fn weft_net() -> &'static str {
+    static PATH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let p = weft_net_beside(std::path::Path::new(WEFT));
+        assert!(
+            p.is_file(),
+            "{} is missing: build it with `cargo build --release -p weft-cni` (the tests \
+             use the weft-net beside the weft binary)",
+            p.display()
+        );
+        p.to_string_lossy().into_owned()
+    });
+    &PATH
+}
 
 /// Runs `ip ARGS`; panics with its stderr if it fails.
 pub fn ip(args: &[&str]) {
@@ -38,7 +55,7 @@ pub fn run_weft_net(
     conf: &serde_json::Value,
 ) -> std::process::Output {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", node_ns, WEFT_NET])
+    c.args(["netns", "exec", node_ns, weft_net()])
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", format!("/var/run/netns/{pod_ns}"))

@@ -371,7 +371,7 @@ async fn routers_without_cap_sys_admin_use_the_fastpath() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    std::os::unix::fs::symlink(WEFT_NET, dir.join("weft-net")).unwrap();
+    std::os::unix::fs::symlink(weft_net(), dir.join("weft-net")).unwrap();
 
     let id = format!("fc{}", weft::lab::random_alnum(5));
     let guard = weft::lab::LabGuard::new(&id);

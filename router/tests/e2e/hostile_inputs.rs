@@ -131,7 +131,7 @@ async fn runtime_input_that_would_hurt_other_nodes_is_refused() {
         .unwrap()
         .stdout;
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", &node1, WEFT_NET])
+    c.args(["netns", "exec", &node1, weft_net()])
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", "c-host")
         .env("CNI_NETNS", "/proc/self/ns/net")
@@ -164,7 +164,7 @@ async fn runtime_input_that_would_hurt_other_nodes_is_refused() {
     // Endless stdin: read only up to a bound, then refused at once.
     let started = Instant::now();
     let out = Command::new("ip")
-        .args(["netns", "exec", &node1, WEFT_NET])
+        .args(["netns", "exec", &node1, weft_net()])
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", "c-zero")
         .env("CNI_NETNS", format!("/var/run/netns/{pod}"))

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
 const DRIVER_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cni-driver/main.go");
 const CONFLIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/10-weft.conflist");
@@ -293,7 +292,7 @@ async fn conflist_add_check_del_through_libcni_with_portmap_and_bandwidth() {
     let tmp = TempDir(Path::new(TARGET_TMP).join(format!("libcni-{id}")));
     let bin = tmp.0.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(WEFT_NET, bin.join("weft-net")).unwrap();
+    std::fs::copy(crate::common::weft_net(), bin.join("weft-net")).unwrap();
     // The deployed conflist, pointed at this node's router socket.
     let mut conf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(CONFLIST).unwrap()).unwrap();

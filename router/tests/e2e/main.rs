@@ -1,7 +1,9 @@
 //! The router's integration tests, in one test binary: linking the router (with its
 //! Kubernetes client) into one executable per suite cost minutes and gigabytes of disk.
 //!
-//! Each module is one suite: `cargo test -p weft --test e2e mesh::` runs one of them.
+//! Each module is one suite: `cargo test -p weft --test e2e mesh::` runs one of them. Suites
+//! with pods take the CNI plugin from beside the `weft` binary: build it first (`cargo build
+//! -p weft-cni`, same profile; scripts/test.sh builds the whole workspace).
 //! Suites that need root and network namespaces check for them and say when they skip; every
 //! one of them creates uniquely named namespaces, so suites run side by side safely. Tests
 //! that change the process environment live in the separate `env` binary.
@@ -12,7 +14,6 @@ mod common;
 mod kube_support;
 
 mod cni_gc;
-mod cni_spec;
 mod fastpath;
 mod hostile_inputs;
 mod hostile_pods;

@@ -35,7 +35,6 @@ use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 use weft::status::Status;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const WEFT_NET: &str = env!("CARGO_BIN_EXE_weft-net");
 const CONFLIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/10-weft.conflist");
 /// Where Debian's containernetworking-plugins puts portmap and bandwidth.
 const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
@@ -223,7 +222,7 @@ impl Podman {
         ] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        std::fs::copy(WEFT_NET, dir.join("bin/weft-net")).unwrap();
+        std::fs::copy(crate::common::weft_net(), dir.join("bin/weft-net")).unwrap();
         let mut conf: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(CONFLIST).unwrap()).unwrap();
         assert_eq!(conf["name"], NETWORK, "{conf}");

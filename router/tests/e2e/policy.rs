@@ -199,7 +199,7 @@ fn weft_with_nft_shim(dir: &Path) -> PathBuf {
             bin.display()
         ),
     );
-    std::os::unix::fs::symlink(common::WEFT_NET, dir.join("weft-net")).unwrap();
+    std::os::unix::fs::symlink(common::weft_net(), dir.join("weft-net")).unwrap();
     wrapper
 }
 

@@ -234,12 +234,6 @@ impl Tap {
         }
     }
 
-    /// Write a plain frame (no offload block) with an all-zero header: no GSO, checksums
-    /// complete (ICMP errors and other frames the sleeve builds itself).
-    pub fn write_plain(&self, frame: &[u8]) -> io::Result<usize> {
-        self.write_parts(&[0u8; VNET_HDR_LEN], frame)
-    }
-
     /// The descriptor, for [`super::wait_readable`].
     pub fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

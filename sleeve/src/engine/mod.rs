@@ -106,6 +106,7 @@ impl Counters {
             drop_send: g(&c.drop_send),
             icmp_frag_needed: g(&c.icmp_frag_needed),
             endpoint_changes: g(&c.endpoint_changes),
+            rekeys: g(&c.rekeys),
         }
     }
 }
@@ -147,6 +148,8 @@ pub struct Stats {
     pub drop_send: u64,
     pub icmp_frag_needed: u64,
     pub endpoint_changes: u64,
+    /// Key steps taken by the sending halves of the sessions (one per session per step).
+    pub rekeys: u64,
 }
 
 /// What status shows of one session.

@@ -1,4 +1,4 @@
-//! The command sequences against the router's real `/cni/v1/*` handlers ([`crate::api`]) fed
+//! The command sequences against the router's real `/cni/v1/*` handlers ([`weft::api`]) fed
 //! by a scripted event loop, and a recording [`Plumbing`]: ordering, rollback, codes.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::api::{AddOutcome, ApiCommand, ApiError};
+use weft::api::{AddOutcome, ApiCommand, ApiError};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -57,7 +57,7 @@ fn temp_socket() -> PathBuf {
     dir.join("weft.sock")
 }
 
-/// Serves `crate::api::cni_router` on a fresh socket from its own thread; the event loop
+/// Serves `weft::api::cni_router` on a fresh socket from its own thread; the event loop
 /// answers from `script` and logs every request as `"verb {json}"`.
 fn fake_router(script: Script, log: Log) -> String {
     let path = temp_socket();
@@ -72,7 +72,7 @@ fn fake_router(script: Script, log: Log) -> String {
             let (tx, mut rx) = tokio::sync::mpsc::channel(8);
             let listener = tokio::net::UnixListener::bind(&p).unwrap();
             tokio::spawn(async move {
-                let _ = axum::serve(listener, crate::api::cni_router(tx)).await;
+                let _ = axum::serve(listener, weft::api::cni_router(tx)).await;
             });
             ready_tx.send(()).unwrap();
             let push = |s: String| log.lock().unwrap().push(s);
@@ -117,7 +117,7 @@ fn fake_router(script: Script, log: Log) -> String {
                         let _ = r.send(script.status.clone());
                     }
                     ApiCommand::RmPeer(_, r) => {
-                        let _ = r.send(Err(crate::api::ApiError::new(101, "not used here")));
+                        let _ = r.send(Err(weft::api::ApiError::new(101, "not used here")));
                     }
                 }
             }

@@ -26,37 +26,7 @@ pub const LATEST: CniVersion = CniVersion::V1_1_0;
 /// GC's attachment list) is kilobytes; a runtime that sends more is broken or hostile.
 pub const MAX_STDIN: usize = 4 << 20;
 
-/// Well-known CNI error codes (0-99 are the spec's, 100+ are weft's).
-pub mod code {
-    /// Incompatible CNI version.
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    /// Unsupported field in the network configuration (message names key and value).
-    pub const UNSUPPORTED_FIELD: u32 = 2;
-    /// Container unknown or does not exist (the runtime needs no cleanup).
-    pub const UNKNOWN_CONTAINER: u32 = 3;
-    /// Invalid or missing environment variables (message names them).
-    pub const INVALID_ENV: u32 = 4;
-    /// I/O failure (reading stdin).
-    pub const IO_FAILURE: u32 = 5;
-    /// Failed to decode content (malformed JSON).
-    pub const DECODE: u32 = 6;
-    /// Invalid network configuration.
-    pub const INVALID_CONFIG: u32 = 7;
-    /// Try again later (transient: router unreachable, IPAM not ready).
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// STATUS (1.1.0): the plugin cannot service ADD requests.
-    pub const NOT_AVAILABLE: u32 = 50;
-    /// STATUS (1.1.0): not available, and existing containers may have limited connectivity.
-    pub const LIMITED_CONNECTIVITY: u32 = 51;
-    /// weft: the address range is exhausted (from the router).
-    pub const RANGE_EXHAUSTED: u32 = 100;
-    /// weft: the router failed or answered something unexpected.
-    pub const ROUTER_ERROR: u32 = 101;
-    /// weft: creating, configuring or deleting the pod interface failed (netlink).
-    pub const INTERFACE: u32 = 102;
-    /// weft: CHECK found the attachment not as ADD left it.
-    pub const CHECK_FAILED: u32 = 103;
-}
+pub use weft_api::code;
 
 /// A version of the CNI spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -269,13 +239,13 @@ impl CniArgs {
                     })?)
                 }
                 "K8S_POD_NAMESPACE" => {
-                    crate::api::check_pod_namespace(value).map_err(|e| {
+                    weft_api::check_pod_namespace(value).map_err(|e| {
                         CniError::new(code::INVALID_ENV, format!("invalid CNI_ARGS: {e}"))
                     })?;
                     args.pod_namespace = opt(value)
                 }
                 "K8S_POD_NAME" => {
-                    crate::api::check_pod_name(value).map_err(|e| {
+                    weft_api::check_pod_name(value).map_err(|e| {
                         CniError::new(code::INVALID_ENV, format!("invalid CNI_ARGS: {e}"))
                     })?;
                     args.pod_name = opt(value)
@@ -405,27 +375,7 @@ impl Env {
     }
 }
 
-/// The spec's container ID: an alphanumeric first character, then alphanumerics, `_`, `.`, `-`;
-/// at most [`crate::api::MAX_CONTAINER_ID`] bytes.
-pub fn valid_container_id(id: &str) -> bool {
-    if id.len() > crate::api::MAX_CONTAINER_ID {
-        return false;
-    }
-    let mut chars = id.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// What the kernel accepts as an interface name.
-pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-}
+pub use weft_api::{valid_container_id, valid_ifname};
 
 // ---------------------------------------------------------------------------------------------
 // Results

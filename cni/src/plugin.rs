@@ -1,6 +1,6 @@
 //! `weft-net`'s commands: the router API calls (HTTP/1.1 JSON on the unix socket, see
 //! docs/pods.md) and the interface plumbing (through [`Plumbing`], in production
-//! [`super::fastpath::Fastpath`]), in an order that leaves nothing half-created.
+//! [`super::plumbing::NetlinkPlumbing`]), in an order that leaves nothing half-created.
 //!
 //! ADD: the namespace must exist and must not have `CNI_IFNAME` yet (spec: error, nothing
 //! touched) → `POST /cni/v1/add` → plumbing → `POST /cni/v1/attached` (answered once the
@@ -23,12 +23,12 @@ use serde_json::Value;
 use super::spec::{
     code, pod_result, version_json, CniError, CniVersion, Command, Env, NetConf, PodAttachment,
 };
-use crate::api::{AddReply, AddRequest, AttachedRequest, Attachment, GcReply, GcRequest};
+use weft_api::{AddReply, AddRequest, AttachedRequest, Attachment, GcReply, GcRequest};
 
 /// Time limit of router requests other than ADD.
 pub const ROUTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time limit of `POST /cni/v1/add`: the router itself waits up to 20 s for address space
-/// ([`crate::api::ADD_DEADLINE`]) before answering code 11.
+/// ([`weft_api::ADD_DEADLINE`]) before answering code 11.
 pub const ADD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the plugin prints and how it exits.
@@ -524,7 +524,7 @@ impl Router {
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String), CniError> {
-        crate::client::get_timeout(&self.socket, path, ROUTER_TIMEOUT)
+        weft_api::client::get_timeout(&self.socket, path, ROUTER_TIMEOUT)
             .await
             .map_err(|e| self.unreachable(e, "GET", path))
     }
@@ -536,7 +536,7 @@ impl Router {
         timeout: Duration,
     ) -> Result<(u16, String), CniError> {
         tracing::debug!(path, body = %json, "router request");
-        crate::client::post_json(&self.socket, path, &json, timeout)
+        weft_api::client::post_json(&self.socket, path, &json, timeout)
             .await
             .map_err(|e| self.unreachable(e, "POST", path))
     }

@@ -1,5 +1,5 @@
 //! `weft-net`: the CNI plugin binary. Reads the `CNI_*` environment and the network
-//! configuration on stdin, runs the command ([`weft::cni::run`]), prints the result or the CNI
+//! configuration on stdin, runs the command ([`weft_cni::run`]), prints the result or the CNI
 //! error JSON on stdout and exits 0 or 1. Logs go to stderr (warnings and errors, or as
 //! `RUST_LOG` says) and, when `WEFT_CNI_LOG` names a file, everything at debug level there too.
 
@@ -55,37 +55,37 @@ fn main() {
     let skip_stdin =
         get("CNI_COMMAND").as_deref() == Some("VERSION") && std::io::stdin().is_terminal();
     let outcome = match skip_stdin {
-        true => weft::cni::run(get, &stdin, &weft::cni::Fastpath),
+        true => weft_cni::run(get, &stdin, &weft_cni::NetlinkPlumbing),
         false => match std::io::stdin()
             .lock()
-            .take(weft::cni::spec::MAX_STDIN as u64 + 1)
+            .take(weft_cni::spec::MAX_STDIN as u64 + 1)
             .read_to_end(&mut stdin)
         {
-            Ok(n) if n > weft::cni::spec::MAX_STDIN => {
-                let err = weft::cni::CniError::new(
-                    weft::cni::spec::code::IO_FAILURE,
+            Ok(n) if n > weft_cni::spec::MAX_STDIN => {
+                let err = weft_cni::CniError::new(
+                    weft_cni::spec::code::IO_FAILURE,
                     "the network configuration on stdin is too large",
                 )
                 .with_details(format!(
                     "more than {} bytes; a network configuration is a few kilobytes",
-                    weft::cni::spec::MAX_STDIN
+                    weft_cni::spec::MAX_STDIN
                 ));
                 tracing::error!("{err}");
-                weft::cni::Outcome {
-                    stdout: err.to_json(weft::cni::spec::LATEST),
+                weft_cni::Outcome {
+                    stdout: err.to_json(weft_cni::spec::LATEST),
                     exit_code: 1,
                 }
             }
-            Ok(_) => weft::cni::run(get, &stdin, &weft::cni::Fastpath),
+            Ok(_) => weft_cni::run(get, &stdin, &weft_cni::NetlinkPlumbing),
             Err(e) => {
-                let err = weft::cni::CniError::new(
-                    weft::cni::spec::code::IO_FAILURE,
+                let err = weft_cni::CniError::new(
+                    weft_cni::spec::code::IO_FAILURE,
                     "failed to read the network configuration from stdin",
                 )
                 .with_details(e.to_string());
                 tracing::error!("{err}");
-                weft::cni::Outcome {
-                    stdout: err.to_json(weft::cni::spec::LATEST),
+                weft_cni::Outcome {
+                    stdout: err.to_json(weft_cni::spec::LATEST),
                     exit_code: 1,
                 }
             }

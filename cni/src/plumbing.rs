@@ -13,7 +13,7 @@ use super::spec::{code, CniError};
 
 /// The real plumbing: veth pair, pod namespace, bridge, address, routes, MTU, gratuitous ARP.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Fastpath;
+pub struct NetlinkPlumbing;
 
 fn to_cni(e: Error) -> CniError {
     let code = match &e {
@@ -107,7 +107,7 @@ async fn mac_of(netns: Option<&str>, name: &str) -> Result<String, CniError> {
         .unwrap_or_default())
 }
 
-impl Plumbing for Fastpath {
+impl Plumbing for NetlinkPlumbing {
     async fn exists(&self, netns: &str, ifname: &str) -> Result<bool, CniError> {
         let ns = Netns::open(netns).map_err(to_cni)?;
         refuse_own_netns(netns)?;

@@ -1,14 +1,15 @@
-//! # weft-net: the CNI plugin
+//! # weft-cni: `weft-net`, the CNI plugin
 //!
 //! Design note. Container runtimes run `weft-net` once per operation, with `CNI_*` variables
 //! in the environment and the network configuration on stdin (CNI spec 1.0.0: ADD, DEL, CHECK,
 //! VERSION; 1.1.0: STATUS, GC; results also in the 0.3.x/0.4.0 format). The plugin keeps no
 //! state of its own: the router owns addresses and the endpoint table (asked over HTTP/1.1 JSON
-//! on its unix socket, `/cni/v1/*`, docs/pods.md), and `weft-fastpath` does the netlink work.
+//! on its unix socket, `/cni/v1/*`, docs/pods.md, types in `weft-api`), and `weft-fastpath`
+//! does the netlink work. The crate links no QUIC, Kubernetes client or HTTP server.
 //! - [`spec`]: pure protocol: versions, environment, `CNI_ARGS`, configuration, `prevResult`,
 //!   result and error JSON.
 //! - [`plugin`]: the commands and their order (nothing half-created), the router client.
-//! - `fastpath`: [`Fastpath`], the [`plugin::Plumbing`] backed by `weft_fastpath::pod`.
+//! - `plumbing`: [`NetlinkPlumbing`], the [`plugin::Plumbing`] backed by `weft_fastpath::pod`.
 //!
 //! Success: exit 0, the result JSON on stdout for ADD (and VERSION), nothing for the others.
 //! Failure: exit 1, `{"cniVersion","code","msg","details"}` on stdout, in the configuration's
@@ -31,10 +32,10 @@
 //! | 102 | interface plumbing failed; ADD found `CNI_IFNAME` already in the netns |
 //! | 103 | CHECK: router, `prevResult` and the interface disagree |
 
-mod fastpath;
 pub mod plugin;
+mod plumbing;
 pub mod spec;
 
-pub use fastpath::Fastpath;
 pub use plugin::{run, Outcome, Plumbing};
+pub use plumbing::NetlinkPlumbing;
 pub use spec::{CniError, CniVersion, Command};
