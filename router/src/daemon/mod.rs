@@ -398,12 +398,12 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
         cfg.state_dir.clone(),
         endpoints,
     );
-    let initial = mesh.set_local_endpoints(pods.gossip_endpoints(), Instant::now());
+    let initial = mesh.set_local_endpoints(pods.core.gossip_endpoints(), Instant::now());
     let guard_node = guard_node_ports(&cfg);
     let (guard, first) = crate::pod_guard::PodGuard::start(
         weft_policy::guard::Guard {
             node: guard_node.clone(),
-            ports: pods.guard_ports(),
+            ports: pods.core.guard_ports(),
         },
         weft_policy::Nft::new(),
     )
@@ -506,7 +506,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
             });
         }
         if let Some(k) = lp.kube.as_mut() {
-            let ready = matches!(lp.pods.gateway, Gateway::Ready(_));
+            let ready = matches!(lp.pods.core.gateway, Gateway::Ready(_));
             let actions = k.tick(&mut mesh, ready, now);
             lp.execute(actions);
         }
@@ -514,14 +514,14 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
             // Written again on the next change; the ADDs that need it fail meanwhile.
             lp.ipam_dirty = true;
         }
-        if std::mem::take(&mut lp.pods.guard_dirty) {
+        if std::mem::take(&mut lp.pods.core.guard_dirty) {
             lp.update_guard();
         }
         if std::mem::take(&mut lp.routes_dirty) {
             lp.dataplane.update_routes(&mut mesh);
         }
         if let Some(p) = policy.as_ref().filter(|_| lp.macs_dirty) {
-            p.set_endpoints(me.name, &lp.pods.gossip_endpoints(), &mesh.endpoints());
+            p.set_endpoints(me.name, &lp.pods.core.gossip_endpoints(), &mesh.endpoints());
         }
         if std::mem::take(&mut lp.macs_dirty) {
             lp.dataplane.update_macs(&mesh);
@@ -531,6 +531,7 @@ pub async fn run(cfg: RouterConfig) -> anyhow::Result<()> {
                 )));
         }
         if now >= status_due {
+            lp.refresh_pod_mtu();
             let mut st = lp.status(&mut mesh, now);
             st.policy = policy.as_ref().and_then(|p| p.summary());
             st.kube = lp.kube.as_ref().map(|k| k.status());
@@ -635,7 +636,7 @@ impl Loop {
         self.guard.set(
             weft_policy::guard::Guard {
                 node: self.guard_node.clone(),
-                ports: self.pods.guard_ports(),
+                ports: self.pods.core.guard_ports(),
             },
             done,
         );
@@ -744,7 +745,7 @@ impl Loop {
                 }
             }
             Event::GatewaySet(net, result) => {
-                self.pods.gateway_set(net, result);
+                self.pods.core.gateway_set(net, result);
                 Vec::new()
             }
         }

@@ -4,6 +4,30 @@
 use super::*;
 
 impl Loop {
+    /// The MTU new pods get follows the confirmed paths (unless --mtu fixed it): it must fit
+    /// every one of them (the sleeve answers bigger DF packets with ICMP "fragmentation
+    /// needed" anyway). Both paths count: the sleeve's overhead is the larger today, but a
+    /// pod may use either path to a peer over the same underlay path.
+    pub(super) fn refresh_pod_mtu(&mut self) {
+        if self.cfg.mtu_fixed {
+            return;
+        }
+        let fp = self.fastpath.view();
+        let fits = self
+            .dataplane
+            .sessions_by_peer()
+            .into_values()
+            .filter(|s| s.confirmed)
+            .map(|s| {
+                let vxlan = crate::fastpath::inner_mtu(
+                    s.path_mtu,
+                    fp.overhead > crate::fastpath::VXLAN_OVERHEAD,
+                );
+                u32::from(s.inner_mtu).min(if fp.off.is_none() { vxlan } else { u32::MAX })
+            });
+        self.pods.core.mtu = crate::pods::pod_mtu(self.cfg.mtu, fits);
+    }
+
     pub(super) fn status(&mut self, mesh: &mut Mesh, now: Instant) -> Status {
         self.inbound_failures
             .retain(|_, (_, t)| now.duration_since(*t) < INBOUND_FAILURE_TTL);
@@ -12,25 +36,6 @@ impl Loop {
         let mtu = self.cfg.mtu;
         let sessions = self.dataplane.sessions_by_peer();
         let fp = self.fastpath.view();
-        if !self.cfg.mtu_fixed {
-            // New pods get an MTU that fits every confirmed path (the sleeve answers bigger
-            // DF packets with ICMP "fragmentation needed" anyway).
-            // Both paths count: the sleeve's overhead is the larger today, but a pod may use
-            // either path to a peer over the same underlay path.
-            let fit = sessions
-                .values()
-                .filter(|s| s.confirmed)
-                .map(|s| {
-                    let vxlan = crate::fastpath::inner_mtu(
-                        s.path_mtu,
-                        fp.overhead > crate::fastpath::VXLAN_OVERHEAD,
-                    );
-                    u32::from(s.inner_mtu).min(if fp.off.is_none() { vxlan } else { u32::MAX })
-                })
-                .min()
-                .unwrap_or(mtu);
-            self.pods.mtu = mtu.min(fit).max(576);
-        }
         let next_hops: HashMap<PeerName, PeerName> = mesh
             .peers()
             .into_iter()
@@ -113,7 +118,7 @@ impl Loop {
             peers,
             connections,
             ipam: self.ipam_info(mesh, now),
-            pod_mtu: self.pods.mtu,
+            pod_mtu: self.pods.core.mtu,
             identity_conflicts: mesh
                 .name_conflicts(now)
                 .into_iter()
@@ -222,7 +227,7 @@ impl Loop {
         let me = mesh.identity();
         let mut info = IpamInfo {
             range: self.cfg.ipalloc_range.to_string(),
-            gateway: match &self.pods.gateway {
+            gateway: match &self.pods.core.gateway {
                 Gateway::Ready(n) | Gateway::Setting(n) => Some(n.to_string()),
                 Gateway::Failed(n, e) => Some(format!("{n} (not set: {e})")),
                 Gateway::Waiting(_) => None,
@@ -348,7 +353,7 @@ impl Loop {
         if let Some(r) = &st.refused_as_duplicate {
             return Some(r.describe());
         }
-        if !matches!(self.pods.gateway, Gateway::Ready(_)) {
+        if !matches!(self.pods.core.gateway, Gateway::Ready(_)) {
             return Some(format!(
                 "the node's pod gateway is not set up yet ({})",
                 ipam_summary_for_readiness(&st.ipam)
