@@ -59,6 +59,7 @@ fn fdb(host: &TestNs, dev: &str) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn reconcile_restores_removes_fixes_and_is_cheap_at_1000_macs() {
     require_root!();
     let host = TestNs::new("host");

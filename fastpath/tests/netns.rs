@@ -7,6 +7,7 @@ use weft_fastpath::netns::current_netns_label;
 use weft_fastpath::{run_in_netns, Error, Netns};
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn runs_inside_and_leaves_the_caller_where_it_was() {
     require_root!();
     let ns = TestNs::new("ns");
@@ -54,6 +55,7 @@ async fn runs_inside_and_leaves_the_caller_where_it_was() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn bad_paths_are_refused_clearly() {
     require_root!();
     let err = Netns::open("/var/run/netns/wfp-no-such-ns").unwrap_err();

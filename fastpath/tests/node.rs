@@ -18,6 +18,7 @@ fn cfg() -> NodeConfig {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn setup_node_is_idempotent_and_tap_is_on_the_bridge() {
     require_root!();
     let host = TestNs::new("host");
@@ -67,6 +68,7 @@ async fn setup_node_is_idempotent_and_tap_is_on_the_bridge() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn setup_node_refuses_a_wrong_type_link_and_sets_a_given_mac() {
     require_root!();
     let host = TestNs::new("host");
@@ -120,6 +122,7 @@ async fn setup_node_refuses_a_wrong_type_link_and_sets_a_given_mac() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn gateway_is_set_kept_and_replaced() {
     require_root!();
     let host = TestNs::new("host");
@@ -177,6 +180,7 @@ async fn gateway_is_set_kept_and_replaced() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn reset_removes_everything_and_is_idempotent() {
     require_root!();
     let host = TestNs::new("host");
@@ -235,6 +239,7 @@ async fn reset_removes_everything_and_is_idempotent() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn capabilities_of_this_kernel() {
     require_root!();
     let caps = detect_capabilities();

@@ -161,6 +161,7 @@ fn announcements(sock: &OwnedFd, want_ip: Ipv4Addr) -> Vec<([u8; 6], Ipv4Addr)> 
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn two_pods_reach_each_other_and_the_gateway() {
     require_root!();
     let (host, state) = host_node().await;
@@ -226,6 +227,7 @@ async fn two_pods_reach_each_other_and_the_gateway() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn mtu_is_as_requested() {
     require_root!();
     let (host, _) = host_node().await;
@@ -244,6 +246,7 @@ async fn mtu_is_as_requested() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn add_retried_is_idempotent_and_a_conflict_is_refused() {
     require_root!();
     let (host, _) = host_node().await;
@@ -309,6 +312,7 @@ async fn add_retried_is_idempotent_and_a_conflict_is_refused() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_failed_add_leaves_nothing_behind() {
     require_root!();
     let (host, _) = host_node().await;
@@ -364,6 +368,7 @@ async fn a_failed_add_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn del_is_idempotent_and_tolerates_a_deleted_netns() {
     require_root!();
     let (host, _) = host_node().await;
@@ -399,6 +404,7 @@ async fn del_is_idempotent_and_tolerates_a_deleted_netns() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn check_detects_a_removed_address() {
     require_root!();
     let (host, _) = host_node().await;
@@ -426,6 +432,7 @@ async fn check_detects_a_removed_address() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn reset_removes_pods_bridge_and_tap() {
     require_root!();
     let (host, _) = host_node().await;
@@ -550,6 +557,7 @@ fn have_nft() -> bool {
 ///   stack, is routed, and is sent by the bridge device itself: no port is re-entered, and it
 ///   works with hairpin off. Asserted below too, so this comment stays true.
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_pod_reaches_itself_through_a_service_address() {
     require_root!();
     if !have_nft() {

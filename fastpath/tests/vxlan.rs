@@ -26,6 +26,7 @@ fn node_cfg() -> NodeConfig {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn vxlan_device_is_created_adopted_replaced_and_refuses_other_kinds() {
     require_root!();
     let host = TestNs::new("host");
@@ -306,6 +307,7 @@ fn tcp_echo(from: &TestNs, server: &TestNs, addr: SocketAddr, len: usize) -> Res
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn pods_talk_over_vxlan_and_nothing_crosses_the_tap() {
     require_root!();
     let mtu = 1376;

@@ -26,6 +26,7 @@ use weft_sleeve::driver::{
 const PATTERN_LEN: usize = 1_000_003;
 
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn attach_to_existing_multiqueue_tap() {
     require_root!();
     let ns = Ns::new("mq");
@@ -62,6 +63,7 @@ fn attach_to_existing_multiqueue_tap() {
 /// plain (non-GSO) frame may still carry a pending checksum (`NEEDS_CSUM`), so the sleeve must
 /// carry the header of every frame, not only of GSO ones.
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn short_read_buffer_is_an_error_and_small_frames_have_partial_checksums() {
     require_root!();
     let ns = Ns::new("short");
@@ -118,6 +120,7 @@ fn short_read_buffer_is_an_error_and_small_frames_have_partial_checksums() {
 /// The key proof: TSO frames read from one TAP and written whole into another carry TCP
 /// streams intact (100 MB each way, every byte compared), with frames far larger than the MTU.
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn tap_to_tap_gso_frames_carry_tcp_intact() {
     require_root!();
     let r = transfer(TapOffloads::ALL, 100 << 20);
@@ -159,6 +162,7 @@ fn tap_to_tap_gso_frames_carry_tcp_intact() {
 /// Without offloads the kernel segments before the TAP: every frame fits the MTU, and the same
 /// pump still carries the stream (the fallback when a kernel refuses TUNSETOFFLOAD).
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn tap_to_tap_without_offloads() {
     require_root!();
     let r = transfer(TapOffloads::NONE, 8 << 20);

@@ -70,6 +70,7 @@ fn datagrams(bufs: &[(RecvMeta, Vec<u8>)]) -> Vec<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn send_segments_arrive_as_the_exact_datagrams() {
     require_root!();
     let x = Ns::new("x");
@@ -122,6 +123,7 @@ fn send_segments_arrive_as_the_exact_datagrams() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn send_many_and_recv_many_batch() {
     require_root!();
     let x = Ns::new("x");
@@ -187,6 +189,7 @@ fn send_many_and_recv_many_batch() {
 /// dropped at R (no fragments reach B), smaller ones arrive; the kernel's learned PMTU does not
 /// make our sends fail; only the local MTU does (EMSGSIZE).
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn df_datagrams_over_the_path_mtu_vanish() {
     require_root!();
     let a = Ns::new("a");
@@ -268,6 +271,7 @@ fn df_datagrams_over_the_path_mtu_vanish() {
 /// `SO_NO_CHECK` (UDP GSO needs checksums, so the kernel answers EINVAL). The driver sends the
 /// same datagrams separately, they arrive intact, and GSO stays off from then on.
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn gso_refused_at_run_time_falls_back() {
     require_root!();
     let x = Ns::new("x");
@@ -307,6 +311,7 @@ fn gso_refused_at_run_time_falls_back() {
 /// 6.11 refuse this with EIO (the driver then falls back, as above); later ones checksum in
 /// software. Either way the datagrams must come out of the device intact.
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn gso_through_a_device_without_checksum_offload() {
     require_root!();
     let ns = Ns::new("t");
@@ -372,6 +377,7 @@ fn udp_payload(frame: &[u8], port: u16) -> Option<&[u8]> {
 /// With the send buffer full (packets held in a slow qdisc), `send_segments` waits a bounded
 /// time, then says `WouldBlock`; it never spins forever.
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn full_send_buffer_gives_would_block_after_a_bounded_wait() {
     require_root!();
     let x = Ns::new("x");
@@ -411,6 +417,7 @@ fn full_send_buffer_gives_would_block_after_a_bounded_wait() {
 
 /// `reuse_port` lets several workers bind the sleeve port; without it the second bind fails.
 #[test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 fn reuse_port_allows_one_socket_per_worker() {
     require_root!();
     let ns = Ns::new("rp");

@@ -77,20 +77,16 @@ pub fn run_weft_net(
     child.wait_with_output().expect("waiting for weft-net")
 }
 
-/// Root, iproute2, nft and ping; prints why not (and the test is skipped) otherwise.
-pub fn prerequisites() -> bool {
-    let tools = ["nft", "ping"]
-        .iter()
-        .all(|t| Command::new(t).arg("-V").output().is_ok());
-    match lab::check_prerequisites() {
-        Ok(()) if tools => true,
-        Ok(()) => {
-            eprintln!("skipping: needs nft and ping");
-            false
-        }
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            false
+/// Root, iproute2, nft and ping, or a panic that names what is missing. The tests that call it
+/// are `#[ignore]`d ("needs root"): they run only when asked for (`--include-ignored`, as
+/// scripts/test.sh does), and then a missing piece fails them instead of passing silently.
+pub fn prerequisites() {
+    if let Err(e) = lab::check_prerequisites() {
+        panic!("this test needs root and network namespaces: {e:#}");
+    }
+    for tool in ["nft", "ping"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            panic!("this test needs {tool} (scripts/test.sh installs it)");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Hostile or unlucky input to a node: what a container runtime (or anyone who can run the
 //! plugin) passes to `weft-net`, and a full state directory. Each must be refused cleanly,
 //! never cost another node anything, and never hand out an address twice. Needs root,
-//! iproute2 and nft; skipped with a message otherwise.
+//! iproute2 and nft; `#[ignore]`d unless asked for (see main.rs).
 
 use crate::common::frames;
 use crate::common::*;
@@ -71,10 +71,9 @@ fn cni_error(out: &std::process::Output) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn runtime_input_that_would_hurt_other_nodes_is_refused() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_with("hi", 2, LabPassword::None, &[]).await;
     let conf = json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
                       "socket": lab.node_socket(1)});
@@ -246,10 +245,9 @@ impl Drop for Unmount {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_full_state_directory_fails_the_add_and_never_hands_out_an_address_twice() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_with("hd", 1, LabPassword::None, &[]).await;
     let tag = lab::random_alnum(4);
     let conf = json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-net",
@@ -377,10 +375,9 @@ async fn a_full_state_directory_fails_the_add_and_never_hands_out_an_address_twi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn vxlan_from_a_host_that_is_not_a_peer_reaches_no_pod() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // No password: nothing is authenticated, but the VXLAN port still takes frames only from
     // the fastpath's peers.
     let (lab, _g) = lab_with("hv", 2, LabPassword::None, &[]).await;
@@ -456,10 +453,9 @@ async fn vxlan_from_a_host_that_is_not_a_peer_reaches_no_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn withheld_sleeve_datagrams_replayed_from_elsewhere_do_not_move_a_peer() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // An on-path attacker holds back a few of n2's sleeve datagrams to n1 (they are
     // authentic and never seen), lets the rest through, then sends the held ones from its own
     // address. The sleeve follows a peer to a new address (NAT rebinding) only on its newest
@@ -548,10 +544,9 @@ impl Drop for Killed {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_second_router_with_a_live_routers_name_is_refused_and_reported() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_with("hn", 3, LabPassword::Random, &[]).await;
     let info = lab.info();
     let (n1, n3) = (&info.nodes[0], &info.nodes[2]);
@@ -671,10 +666,9 @@ fn del_pod(lab: &weft::lab::Lab, node: usize, id: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn addresses_held_twice_after_a_partition_are_loud_on_both_sides_and_resolvable() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // 8 blocks of 4 addresses: both sides of the partition need all the free ones.
     let (lab, _g) = lab_with(
         "hp",
@@ -826,10 +820,9 @@ fn nft_bytes(ns: &str, table: &str) -> std::collections::BTreeMap<String, u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_flood_of_unanswered_quic_initials_costs_nothing_and_starves_nobody() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_with("hq", 2, LabPassword::Random, &[]).await;
     let node1 = std::net::SocketAddr::from((lab.underlay_addr(1), 6783));
     // A host on the underlay that sends QUIC Initials and never answers (its firewall drops

@@ -3,7 +3,7 @@
 //! sockets inside the pod namespaces. Each test is one attack; each attack must fail: no
 //! spoofed source reaches anyone, no ARP, NDP or frame re-points anyone's traffic, no router
 //! advertisement is taken, a pod sees no traffic not addressed to it, and no pod reaches its
-//! router's own ports. Needs root, iproute2 and nft; skipped with a message otherwise.
+//! router's own ports. Needs root, iproute2 and nft; `#[ignore]`d unless asked for (see main.rs).
 
 use crate::common::frames::*;
 use crate::common::*;
@@ -242,26 +242,23 @@ async fn spoofed_sources_are_dropped(password: LabPassword, args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_pod_cannot_send_with_another_pods_address_fastpath() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     spoofed_sources_are_dropped(LabPassword::None, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_pod_cannot_send_with_another_pods_address_sleeve() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     spoofed_sources_are_dropped(LabPassword::Random, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn arp_poisoning_is_not_believed_by_pods_or_nodes() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let s = Scene::new("ha", LabPassword::None, &[]).await;
     let (a, v, r) = (s.attacker(), s.victim(), s.remote());
     let am = pod_mac(a);
@@ -394,18 +391,16 @@ async fn mac_spoofing_moves_nothing(password: LabPassword, path: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_pods_mac_cannot_be_taken_fastpath() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     mac_spoofing_moves_nothing(LabPassword::None, "fastpath").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_pods_mac_cannot_be_taken_sleeve() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     mac_spoofing_moves_nothing(LabPassword::Random, "sleeve").await;
 }
 
@@ -424,10 +419,9 @@ fn ipv6_state(ns: &str, dev: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn router_advertisements_from_a_pod_are_dropped() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let s = Scene::new("hr", LabPassword::None, &[]).await;
     let (a, v, r) = (s.attacker(), s.victim(), s.remote());
     let am = pod_mac(a);
@@ -511,10 +505,9 @@ async fn router_advertisements_from_a_pod_are_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn pods_see_no_traffic_for_others_and_cannot_fill_the_fdb() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let s = Scene::new("hf", LabPassword::None, &[]).await;
     let (a, v, r) = (s.attacker(), s.victim(), s.remote());
     let (n1, n2) = (s.lab.namespace(1), s.lab.namespace(2));
@@ -576,10 +569,9 @@ async fn pods_see_no_traffic_for_others_and_cannot_fill_the_fdb() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn pods_cannot_reach_their_routers_ports() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // The router listens on every address of its node here, so only the guard stands between
     // a pod and its ports.
     let s = Scene::new(

@@ -9,10 +9,11 @@
 //! survivor once it has stopped; a router restarted (an upgrade) rejoins, becomes ready and its
 //! pod is reachable again; a router restarted while the API server is down serves pods from
 //! the podCIDR in its peer cache.
-//! Needs root, iproute2, nft and ping; skipped with a message otherwise.
+//! Needs root, iproute2, nft and ping; `#[ignore]`d unless asked for (see main.rs).
 
 use crate::common;
 use crate::common::ip;
+use crate::common::prerequisites;
 
 use crate::kube_support;
 
@@ -26,23 +27,6 @@ use weft::lab;
 use weft_fastpath::netns::Netns;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn prerequisites() -> bool {
-    let tools = ["nft", "ping"]
-        .iter()
-        .all(|t| Command::new(t).arg("-V").output().is_ok());
-    match lab::check_prerequisites() {
-        Ok(()) if tools => true,
-        Ok(()) => {
-            eprintln!("skipping: needs nft and ping");
-            false
-        }
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            false
-        }
-    }
-}
 
 /// Namespaces, routers and files of one test; everything goes on drop (routers first).
 struct Env {
@@ -247,10 +231,9 @@ fn has(v: &Value, s: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn routers_from_nodes_pod_cidrs_condition_and_reclaim() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let tag = format!("{}{}", std::process::id(), lab::random_alnum(3));
     let mut env = Env::new(&tag);
     let short = lab::random_alnum(5);

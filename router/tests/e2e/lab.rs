@@ -1,23 +1,14 @@
 //! `weft lab` plumbing: namespaces, veths and the bridge; starting and stopping detached
-//! processes in them. Needs root and iproute2; skipped (with a message) otherwise. Each test
+//! processes in them. Needs root and iproute2; `#[ignore]`d unless asked for (see main.rs). Each test
 //! uses its own random lab id and tears down through a guard, so runs do not collide.
 
+use crate::common::prerequisites;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword, Topology};
-
-fn prerequisites() -> bool {
-    match lab::check_prerequisites() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("skipping weft lab test: {e:#}");
-            false
-        }
-    }
-}
 
 fn test_id() -> String {
     format!("t{}", lab::random_alnum(5))
@@ -45,10 +36,9 @@ fn names_and_addresses() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn topology_up_ping_and_teardown() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let id = test_id();
     let _guard = LabGuard::new(&id);
     let topo = lab::create_topology(&id, 3).await.unwrap();
@@ -121,10 +111,9 @@ async fn topology_up_ping_and_teardown() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn teardown_after_partial_failure() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let id = test_id();
     let _guard = LabGuard::new(&id);
     // A leftover namespace makes creation fail half-way.
@@ -162,10 +151,9 @@ fn fake_router(dir: &std::path::Path) -> PathBuf {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn lab_processes_start_stop_and_down() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let id = test_id();
     let _guard = LabGuard::new(&id);
     let tmp = std::env::temp_dir().join(format!("weft-labtest-{id}"));
@@ -348,10 +336,9 @@ async fn lab_processes_start_stop_and_down() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn up_fails_cleanly_without_binary() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let id = test_id();
     let _guard = LabGuard::new(&id);
     let err = Lab::up(LabOptions::new(&id, 2, "/nonexistent/weft"))
@@ -422,10 +409,9 @@ fn nothing_left(id: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn up_names_a_missing_tool_and_leaves_nothing_behind() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     for (tools, package) in [(&["ip"][..], "nftables"), (&["nft"][..], "iproute2")] {
         let id = test_id();
         let _guard = LabGuard::new(&id);
@@ -442,10 +428,9 @@ async fn up_names_a_missing_tool_and_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn up_needs_no_ping_command() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let id = test_id();
     let _guard = LabGuard::new(&id);
     // What a fresh Debian machine with iproute2 and nftables has: no ping, no iperf, no

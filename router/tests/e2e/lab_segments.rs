@@ -1,9 +1,10 @@
 //! `weft lab` with several underlay segments: `--segments` parsing and validation, the
 //! expected connections of a topology, and real routers on segments joined by a
 //! dual-homed node or behind a NAT gateway. The namespace tests need root, iproute2 and
-//! nftables; they are skipped (with a message) otherwise. Each uses its own lab id and
+//! nftables; `#[ignore]`d unless asked for (see main.rs). Each uses its own lab id and
 //! tears down through a guard.
 
+use crate::common::prerequisites;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -12,16 +13,6 @@ use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword, SegmentSpec, Topol
 use weft::status::{ConnState, Status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
-
-fn prerequisites() -> bool {
-    match lab::check_prerequisites() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("skipping namespace test: {e:#}");
-            false
-        }
-    }
-}
 
 fn test_id() -> String {
     format!("s{}", lab::random_alnum(5))
@@ -394,10 +385,9 @@ async fn run(lab: &Lab, i: usize, cmd: &[&str]) -> (bool, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn two_segments_joined_by_a_dual_homed_node() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let t0 = Instant::now();
     let (lab, _g, up) = segmented_lab("1,2,3|3,4,5", 5).await;
     let id = lab.id();
@@ -507,10 +497,9 @@ async fn two_segments_joined_by_a_dual_homed_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn nodes_behind_nat_reach_the_public_segment() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let t0 = Instant::now();
     let (lab, _g, up) = segmented_lab("1-3|nat:4,5", 5).await;
     let id = lab.id();
@@ -620,10 +609,9 @@ fn run_ns(ns: &str, cmd: &[&str]) -> (bool, String) {
 }
 
 #[tokio::test]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn teardown_after_a_failed_segmented_creation() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let id = test_id();
     let _guard = LabGuard::new(&id);
     // A leftover node namespace makes creation fail after switches and gateway exist.

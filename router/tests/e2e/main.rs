@@ -4,8 +4,10 @@
 //! Each module is one suite: `cargo test -p weft --test e2e mesh::` runs one of them. Suites
 //! with pods take the CNI plugin from beside the `weft` binary: build it first (`cargo build
 //! -p weft-cni`, same profile; scripts/test.sh builds the whole workspace).
-//! Suites that need root and network namespaces check for them and say when they skip; every
-//! one of them creates uniquely named namespaces, so suites run side by side safely. Tests
+//! Tests that need root and network namespaces are `#[ignore]`d with that reason: a plain
+//! `cargo test` lists them as ignored, `cargo test -- --include-ignored` (as root; what
+//! scripts/test.sh runs) runs them, and a missing prerequisite then fails them. Each creates
+//! uniquely named namespaces, so suites run side by side safely. Tests
 //! that change the process environment live in the separate `env` binary.
 
 #[path = "../common/mod.rs"]

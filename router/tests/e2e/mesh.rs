@@ -1,8 +1,9 @@
 //! End-to-end tests of real `weft router` processes in network namespaces (via `weft lab`):
 //! the mesh forms, authenticates, refuses wrong passwords with a clear reason, survives
 //! restarts and garbage datagrams, and forgets peers that are gone. Need root and iproute2;
-//! skipped with a message otherwise. Every test uses its own lab id and tears it down.
+//! `#[ignore]`d unless asked for (see main.rs). Every test uses its own lab id and tears it down.
 
+use crate::common::prerequisites;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -10,16 +11,6 @@ use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 use weft::status::{ConnState, Status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
-
-fn prerequisites() -> bool {
-    match lab::check_prerequisites() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("skipping namespace test: {e:#}");
-            false
-        }
-    }
-}
 
 async fn lab_up(nodes: usize, password: LabPassword) -> (Lab, LabGuard) {
     let id = format!("m{}", lab::random_alnum(5));
@@ -48,10 +39,9 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn encrypted_mesh_forms_and_reports_the_contract_fields() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(3, LabPassword::Random).await;
     for i in 1..=3 {
         let s = lab.status(i).await.unwrap();
@@ -132,10 +122,9 @@ async fn encrypted_mesh_forms_and_reports_the_contract_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn wrong_password_is_refused_with_a_reason_and_retried() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(3, LabPassword::Random).await;
     lab.stop_node(3).await.unwrap();
     // n3 comes back with a different password.
@@ -178,10 +167,9 @@ async fn wrong_password_is_refused_with_a_reason_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn missing_password_is_a_clear_mismatch() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(2, LabPassword::Random).await;
     lab.stop_node(2).await.unwrap();
     lab.start_node(2, &[], Some(LabPassword::None))
@@ -203,10 +191,9 @@ async fn missing_password_is_a_clear_mismatch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn restarted_router_rejoins_with_a_new_uid() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(3, LabPassword::Random).await;
     let before = lab.status(2).await.unwrap().uid;
     lab.stop_node(2).await.unwrap();
@@ -228,10 +215,9 @@ async fn restarted_router_rejoins_with_a_new_uid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn garbage_datagrams_do_not_disturb_the_mesh() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(2, LabPassword::Random).await;
     let uid_before: Vec<String> = {
         let s = lab.status(1).await.unwrap();
@@ -281,10 +267,9 @@ async fn garbage_datagrams_do_not_disturb_the_mesh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn stopped_peer_is_forgotten_and_self_peer_ignored() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(3, LabPassword::None).await;
     // n1 restarted with itself among its --peer addresses: ignored, no failure shown.
     lab.stop_node(1).await.unwrap();

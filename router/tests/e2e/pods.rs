@@ -1,9 +1,10 @@
 //! Pods end to end: real routers in a `weft lab`, the real `weft-net` plugin driven the way a
 //! runtime drives it (env + stdin JSON), real pod namespaces. Addresses, same-node traffic,
 //! the gateway, masquerade, the gossiped endpoint table, a router restart, DEL, rmpeer.
-//! Needs root, iproute2, nft and ping; skipped with a message otherwise.
+//! Needs root, iproute2, nft and ping; `#[ignore]`d unless asked for (see main.rs).
 
 use crate::common;
+use crate::common::prerequisites;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,23 +12,6 @@ use std::time::Duration;
 use weft::lab::{self, Lab, LabGuard, LabOptions, LabPassword};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn prerequisites() -> bool {
-    let tools = ["nft", "ping"]
-        .iter()
-        .all(|t| Command::new(t).arg("-V").output().is_ok());
-    match lab::check_prerequisites() {
-        Ok(()) if tools => true,
-        Ok(()) => {
-            eprintln!("skipping pod test: needs nft and ping");
-            false
-        }
-        Err(e) => {
-            eprintln!("skipping pod test: {e:#}");
-            false
-        }
-    }
-}
 
 /// Pod network namespaces of one test, deleted on drop.
 struct PodNs(Vec<String>);
@@ -99,10 +83,9 @@ async fn lab_up(nodes: usize) -> (Lab, LabGuard) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn pods_get_addresses_talk_and_survive_a_router_restart() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(2).await;
     let tag = lab::random_alnum(4);
     let mut ns = PodNs(Vec::new());
@@ -196,10 +179,9 @@ async fn used_becomes(lab: &Lab, n: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn rmpeer_takes_over_a_dead_nodes_space_and_errors_are_cni_json() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up(2).await;
     // Both nodes own a block (their gateways).
     let (_, st) = lab
@@ -294,10 +276,9 @@ async fn rmpeer_takes_over_a_dead_nodes_space_and_errors_are_cni_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn an_exhausted_range_is_a_clear_cni_error_and_leaves_nothing_behind() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // A /27 range: 30 usable addresses, one of them the node's gateway.
     let id = format!("p{}", lab::random_alnum(5));
     let _g = LabGuard::new(&id);

@@ -7,9 +7,10 @@
 //! blocked connections show in the metrics and the router's log, and a change nft refuses
 //! (a fault injected by an `nft` shim) leaves the previous rules in force, shows in
 //! `/status/policy` and goes in by itself once nft accepts again.
-//! Needs root, iproute2 and nft; skipped with a message otherwise.
+//! Needs root, iproute2 and nft; `#[ignore]`d unless asked for (see main.rs).
 
 use crate::common;
+use crate::common::prerequisites;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
@@ -22,21 +23,6 @@ use weft_fastpath::netns::Netns;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const PORT: u16 = 8080;
-
-fn prerequisites() -> bool {
-    let nft = Command::new("nft").arg("-v").output().is_ok();
-    match lab::check_prerequisites() {
-        Ok(()) if nft => true,
-        Ok(()) => {
-            eprintln!("skipping policy test: needs nft");
-            false
-        }
-        Err(e) => {
-            eprintln!("skipping policy test: {e:#}");
-            false
-        }
-    }
-}
 
 /// Pod network namespaces and the manifests directory of one test, removed on drop.
 struct Cleanup {
@@ -304,10 +290,9 @@ async fn policy_status(lab: &Lab, node: usize) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn policies_from_manifests_are_enforced_across_nodes() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let tag = lab::random_alnum(5);
     let dir = std::env::temp_dir().join(format!("weft-policy-e2e-{}-{tag}", std::process::id()));
     let mut cleanup = Cleanup {

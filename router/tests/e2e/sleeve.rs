@@ -1,7 +1,7 @@
 //! The sleeve end to end: real routers in a `weft lab`, pods attached through `weft-net`,
 //! real TCP between pods on different nodes over the encrypted (or plain) userspace
 //! transport; a flood of garbage on UDP 6784; an MTU black hole on the underlay.
-//! Needs root, iproute2, nft and ping; skipped with a message otherwise.
+//! Needs root, iproute2, nft and ping; `#[ignore]`d unless asked for (see main.rs).
 
 use crate::common::*;
 use std::process::Command;
@@ -68,18 +68,16 @@ async fn pods_across_two_nodes(password: LabPassword, encrypted: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn encrypted_pods_talk_across_nodes() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     pods_across_two_nodes(LabPassword::Random, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn plain_pods_talk_across_nodes() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     pods_across_two_nodes(LabPassword::None, false).await;
 }
 
@@ -121,10 +119,9 @@ fn flood(ns: &str, target: std::net::Ipv4Addr, count: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn garbage_on_the_sleeve_port_is_dropped_and_counted() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up("g", 2, LabPassword::Random).await;
     let p = pods(&lab);
     let (a, b) = (&p.0[0], &p.0[1]);
@@ -154,10 +151,9 @@ async fn garbage_on_the_sleeve_port_is_dropped_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn tcp_passes_an_mtu_black_hole() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let (lab, _g) = lab_up("m", 2, LabPassword::Random).await;
     let p = pods(&lab);
     let (a, b) = (&p.0[0], &p.0[1]);
@@ -251,10 +247,9 @@ async fn segmented_lab(prefix: &str, nodes: usize, spec: &str) -> (Lab, LabGuard
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn frames_are_relayed_between_segments() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // n1 and n3 share no segment: only n2 is on both.
     let (lab, _g) = segmented_lab("r", 3, "1,2|2,3").await;
     let p = pods(&lab);
@@ -283,10 +278,9 @@ async fn frames_are_relayed_between_segments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (network namespaces): run as root with --include-ignored, as scripts/test.sh does"]
 async fn a_node_behind_nat_works() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // n3 is behind a NAT gateway: it can dial out, nobody can dial in.
     let (lab, _g) = segmented_lab("t", 3, "1,2|nat:3").await;
     let p = pods(&lab);
