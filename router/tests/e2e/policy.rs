@@ -373,7 +373,16 @@ async fn policies_from_manifests_are_enforced_across_nodes() {
     let t = Instant::now();
     while probe(&pods, &open) != open && t.elapsed() < Duration::from_secs(15) {}
     assert_matrix(&pods, &open, "no policy");
-    let st = policy_status(&lab, 1).await;
+    // The enforcer follows the endpoint table a moment after the mesh's status shows it
+    // (a debounce and an nft apply): wait for it, briefly.
+    let t = Instant::now();
+    let st = loop {
+        let st = policy_status(&lab, 1).await;
+        if st["addresses"]["from_endpoints"] == 4 || t.elapsed() > Duration::from_secs(5) {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(st["state"], "enforcing", "{st:#}");
     assert_eq!(st["policies"].as_array().unwrap().len(), 0);
     assert_eq!(st["addresses"]["from_endpoints"], 4, "{st:#}");
