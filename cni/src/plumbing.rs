@@ -83,13 +83,6 @@ fn refuse_own_netns(netns: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// MAC of `name` in the namespace `netns` (the calling one when `None`); empty if unknown.
 async fn mac_of(netns: Option<&str>, name: &str) -> Result<String, CniError> {
     let name = name.to_string();
@@ -103,7 +96,7 @@ async fn mac_of(netns: Option<&str>, name: &str) -> Result<String, CniError> {
     .map_err(to_cni)?;
     Ok(link
         .and_then(|l| l.mac)
-        .map(|m| fmt_mac(&m))
+        .map(|m| weft_types::Mac(m).to_string())
         .unwrap_or_default())
 }
 
@@ -131,7 +124,7 @@ impl Plumbing for NetlinkPlumbing {
         Ok(PodLinks {
             host_ifname: iface.host_ifname,
             host_mac,
-            pod_mac: fmt_mac(&iface.mac),
+            pod_mac: weft_types::Mac(iface.mac).to_string(),
         })
     }
 

@@ -46,8 +46,7 @@ pub const DEFAULT_VXLAN: &str = "weft-vxlan";
 pub const DEFAULT_VXLAN_PORT: u16 = 6785;
 /// Default VXLAN network identifier (all nodes must agree).
 pub const DEFAULT_VNI: u32 = 6785;
-/// Bytes VXLAN adds over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub use weft_types::overhead::VXLAN_OVERHEAD;
 
 /// The VXLAN device wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]

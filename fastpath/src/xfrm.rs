@@ -41,9 +41,7 @@ pub const KEY_LEN: usize = 36;
 pub const ICV_BITS: u32 = 128;
 /// Anti-replay window (packets).
 pub const REPLAY_WINDOW: u32 = 1024;
-/// What ESP in transport mode with this AEAD adds to a VXLAN datagram: SPI 4 + sequence 4 +
-/// IV 8 + padding and trailer up to 5 + ICV 16.
-pub const ESP_OVERHEAD: u32 = 37;
+pub use weft_types::overhead::ESP_OVERHEAD;
 
 const IPPROTO_UDP: u8 = 17;
 

@@ -676,7 +676,7 @@ fn describe(f: &Finding) -> String {
             losers,
         } => format!(
             "MAC {} claimed by several peers: {} keeps it, not {}",
-            fmt_mac(mac),
+            weft_types::Mac(*mac),
             pname(*winner),
             losers
                 .iter()
@@ -687,7 +687,7 @@ fn describe(f: &Finding) -> String {
         Finding::BadMac { mac, owner } => format!(
             "peer {} claims non-unicast MAC {}: ignored",
             pname(*owner),
-            fmt_mac(mac)
+            weft_types::Mac(*mac)
         ),
     }
 }
@@ -727,13 +727,6 @@ fn pname(v: u64) -> String {
 fn mac_of_u64(v: u64) -> Mac {
     let b = v.to_be_bytes();
     [b[2], b[3], b[4], b[5], b[6], b[7]]
-}
-
-fn fmt_mac(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// This host's IPv4 addresses (a peer advertising one of them is refused).

@@ -337,13 +337,6 @@ pub async fn list(nl: &Netlink, ports: &FdbPorts) -> Result<ActualFdb> {
     Ok(out)
 }
 
-fn fmt_mac(m: &Mac) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 async fn set_vxlan(nl: &Netlink, ports: &FdbPorts, mac: Mac, dst: Ipv4Addr) -> Result<()> {
     nl.handle()
         .neighbours()
@@ -357,7 +350,7 @@ async fn set_vxlan(nl: &Netlink, ports: &FdbPorts, mac: Mac, dst: Ipv4Addr) -> R
         .map_err(|e| {
             nl.err(
                 "setting VXLAN FDB entry",
-                &format!("{} dst {dst}", fmt_mac(&mac)),
+                &format!("{} dst {dst}", weft_types::Mac(mac)),
                 e,
             )
         })
@@ -381,7 +374,7 @@ async fn del_entry(
     match nl.handle().neighbours().del(msg).execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENOENT => Ok(()),
-        Err(e) => Err(nl.err(what, &fmt_mac(&mac), e)),
+        Err(e) => Err(nl.err(what, &weft_types::Mac(mac).to_string(), e)),
     }
 }
 
@@ -421,7 +414,7 @@ async fn exec(nl: &Netlink, ports: &FdbPorts, op: Op) -> Result<()> {
             .map_err(|e| {
                 nl.err(
                     "setting bridge FDB entry",
-                    &format!("{} -> {port:?} port", fmt_mac(&mac)),
+                    &format!("{} -> {port:?} port", weft_types::Mac(mac)),
                     e,
                 )
             }),

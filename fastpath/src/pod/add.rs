@@ -8,7 +8,7 @@ use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::{LinkUnspec, LinkVeth};
 use tracing::{debug, info, warn};
 
-use super::{fmt_mac, host_alias, temp_peer_name, validate, PodIface, PodIfaceRequest, PodParams};
+use super::{host_alias, temp_peer_name, validate, PodIface, PodIfaceRequest, PodParams};
 use crate::error::{Error, Result};
 use crate::garp;
 use crate::netns::Netns;
@@ -72,7 +72,7 @@ pub async fn add_pod_interface(req: &PodIfaceRequest) -> Result<PodIface> {
     match plumb(&host, &ns, req, &bridge, &params, tmp, alias).await {
         Ok(iface) => {
             info!(netns = %req.netns.display(), ifname = %req.ifname, host_ifname = %req.host_ifname,
-                addr = %req.addr, mac = %fmt_mac(&iface.mac), "pod interface added");
+                addr = %req.addr, mac = %weft_types::Mac(iface.mac), "pod interface added");
             Ok(iface)
         }
         Err(e) => {

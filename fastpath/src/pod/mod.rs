@@ -140,13 +140,6 @@ pub(crate) fn pod_alias(host_ifname: &str) -> String {
     format!("weft:{host_ifname}")
 }
 
-pub(crate) fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 pub(crate) fn validate(req: &PodIfaceRequest) -> Result<()> {
     validate_ifname(&req.ifname)?;
     validate_ifname(&req.host_ifname)?;

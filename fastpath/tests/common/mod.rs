@@ -189,11 +189,7 @@ pub fn ping(from: &TestNs, to: &str) -> Option<bool> {
 
 /// Parse "aa:bb:cc:dd:ee:ff".
 pub fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
+    s.parse::<weft_types::Mac>().unwrap().octets()
 }
 
 /// The `link/ether` address of `ifname` in `ns`.

@@ -136,10 +136,7 @@ pub async fn two_nodes(mtu: u32, sleeve_veth: bool) -> (Node, Node) {
 }
 
 pub fn fmt_mac(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    weft_types::Mac(*m).to_string()
 }
 
 impl Node {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use weft_gossip::ipam::{AllocKey, IpamError};
 use weft_gossip::{Action, Endpoint, Mesh};
+use weft_types::Mac;
 
 /// The allocation key of the node's own bridge address.
 pub const GATEWAY_KEY: (&str, &str) = ("weft:gateway", "weft");
@@ -139,16 +140,7 @@ fn ipam_write(mesh: &Mesh) -> Write {
 
 /// A MAC as the CNI plugin sends it (`02:0a:ff:00:00:01`, either case).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    s.parse::<Mac>().ok().map(Mac::octets)
 }
 
 /// The MTU new pods get: the configured one, lowered to fit every confirmed path to a peer
@@ -384,8 +376,8 @@ impl PodCore {
                 "attachment has no address: ADD it first",
             )));
         };
-        match parse_mac(&req.mac) {
-            Some(m) if m[0] & 1 == 0 && m != [0; 6] => {}
+        match req.mac.parse::<Mac>() {
+            Ok(m) if m.is_unicast() => {}
             _ => {
                 return Step::Done(Err(ApiError::new(
                     code::ROUTER_ERROR,

@@ -13,19 +13,11 @@ pub const ETH_ARP: u16 = 0x0806;
 pub const ETH_IPV6: u16 = 0x86dd;
 
 pub fn parse_mac(s: &str) -> Mac {
-    let v: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("six octets")
+    s.trim().parse::<weft_types::Mac>().expect("a MAC").octets()
 }
 
 pub fn fmt_mac(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    weft_types::Mac(*m).to_string()
 }
 
 /// The MAC of `ifname` inside network namespace `ns` (a pod: `eth0`; a node: `weft`).
