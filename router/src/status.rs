@@ -601,7 +601,8 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
 // ---------------------------------------------------------------------------------------------
 // HTTP API
 
-type StatusRx = watch::Receiver<Arc<Status>>;
+/// The latest status snapshot, as the daemon publishes it.
+pub type StatusRx = watch::Receiver<Arc<Status>>;
 
 #[derive(Clone, Copy)]
 enum Section {

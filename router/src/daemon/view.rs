@@ -32,6 +32,63 @@ impl Loop {
         self.inbound_failures
             .retain(|_, (_, t)| now.duration_since(*t) < INBOUND_FAILURE_TTL);
         let me = mesh.identity().clone();
+        let connections = self.connection_rows(mesh, now);
+        let peers = mesh
+            .peers()
+            .into_iter()
+            .map(|p| PeerInfo {
+                name: p.name.to_string(),
+                nickname: p.nickname,
+                uid: p.uid.to_string(),
+                connections: p.connections,
+                reachable: p.reachable || p.name == me.name,
+                next_hop: p.next_hop.map(|n| n.to_string()),
+            })
+            .collect();
+        Status {
+            uptime_secs: now.duration_since(self.started).as_secs(),
+            peers,
+            connections,
+            ipam: self.ipam_info(mesh, now),
+            pod_mtu: self.pods.core.mtu,
+            identity_conflicts: mesh
+                .name_conflicts(now)
+                .into_iter()
+                .map(|c| crate::status::IdentityConflict {
+                    name: c.name.to_string(),
+                    ours: c.name == me.name,
+                    kept_uid: c.kept.to_string(),
+                    refused_uid: c.refused.to_string(),
+                    refused_address: c.refused_addr.to_string(),
+                    refusals: c.refusals,
+                    since_secs: now.saturating_duration_since(c.since).as_secs(),
+                })
+                .collect(),
+            refused_as_duplicate: mesh.refused_as_duplicate(now).map(|r| {
+                crate::status::RefusedAsDuplicate {
+                    name: me.name.to_string(),
+                    refusals: r.refusals,
+                    since_secs: now.saturating_duration_since(r.since).as_secs(),
+                    last_refused_by: r.by.map(|a| a.to_string()),
+                }
+            }),
+            endpoints: mesh
+                .endpoints()
+                .into_iter()
+                .map(|(owner, e)| crate::status::EndpointInfo {
+                    owner: owner.to_string(),
+                    mac: weft_types::Mac(e.mac).to_string(),
+                    ips: e.ips.iter().map(|i| i.to_string()).collect(),
+                    pod: e.pod,
+                })
+                .collect(),
+            ..base_status(&self.cfg, &self.transport)
+        }
+    }
+
+    /// One row per connection the mesh knows (duplicates of an established one and
+    /// ourselves left out), then the recent inbound handshake failures.
+    fn connection_rows(&self, mesh: &mut Mesh, now: Instant) -> Vec<ConnInfo> {
         let encrypted = self.cfg.psk.is_some();
         let mtu = self.cfg.mtu;
         let sessions = self.dataplane.sessions_by_peer();
@@ -101,62 +158,7 @@ impl Loop {
                 source: "inbound".to_string(),
             });
         }
-        let peers = mesh
-            .peers()
-            .into_iter()
-            .map(|p| PeerInfo {
-                name: p.name.to_string(),
-                nickname: p.nickname,
-                uid: p.uid.to_string(),
-                connections: p.connections,
-                reachable: p.reachable || p.name == me.name,
-                next_hop: p.next_hop.map(|n| n.to_string()),
-            })
-            .collect();
-        Status {
-            uptime_secs: now.duration_since(self.started).as_secs(),
-            peers,
-            connections,
-            ipam: self.ipam_info(mesh, now),
-            pod_mtu: self.pods.core.mtu,
-            identity_conflicts: mesh
-                .name_conflicts(now)
-                .into_iter()
-                .map(|c| crate::status::IdentityConflict {
-                    name: c.name.to_string(),
-                    ours: c.name == me.name,
-                    kept_uid: c.kept.to_string(),
-                    refused_uid: c.refused.to_string(),
-                    refused_address: c.refused_addr.to_string(),
-                    refusals: c.refusals,
-                    since_secs: now.saturating_duration_since(c.since).as_secs(),
-                })
-                .collect(),
-            refused_as_duplicate: mesh.refused_as_duplicate(now).map(|r| {
-                crate::status::RefusedAsDuplicate {
-                    name: me.name.to_string(),
-                    refusals: r.refusals,
-                    since_secs: now.saturating_duration_since(r.since).as_secs(),
-                    last_refused_by: r.by.map(|a| a.to_string()),
-                }
-            }),
-            endpoints: mesh
-                .endpoints()
-                .into_iter()
-                .map(|(owner, e)| crate::status::EndpointInfo {
-                    owner: owner.to_string(),
-                    mac: e
-                        .mac
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<Vec<_>>()
-                        .join(":"),
-                    ips: e.ips.iter().map(|i| i.to_string()).collect(),
-                    pod: e.pod,
-                })
-                .collect(),
-            ..base_status(&self.cfg, &self.transport)
-        }
+        connections
     }
 
     /// The data path towards a connection's peer: the sleeve over this connection, a relay
@@ -241,15 +243,7 @@ impl Loop {
                 return info;
             }
         };
-        let nicknames: BTreeMap<_, _> = mesh
-            .peers()
-            .into_iter()
-            .map(|p| (p.name, p.nickname))
-            .collect();
-        let label = |n: weft_gossip::PeerName| match nicknames.get(&n) {
-            Some(nick) => format!("{n}({nick})"),
-            None => n.to_string(),
-        };
+        let names = Names::of(mesh);
         info.block_size = st.block_size;
         info.blocks_total = st.blocks_total;
         info.blocks_free = st.blocks_free;
@@ -268,77 +262,13 @@ impl Loop {
                 reachable: p.reachable || p.is_self,
             })
             .collect();
-        info.unreachable_owners = st.unreachable_owners.iter().map(|n| label(*n)).collect();
-        info.removed = st.removed.iter().map(|n| n.to_string()).collect();
-        // Addresses held twice after a partition: say which pods hold them, so the
-        // operator can delete them (their controllers recreate them with new addresses).
-        let pods_here: BTreeMap<std::net::Ipv4Addr, String> = mesh
-            .ipam_allocations()
-            .into_iter()
-            .map(|(k, a)| (a.ip, a.pod.unwrap_or(k.container_id)))
+        info.unreachable_owners = st
+            .unreachable_owners
+            .iter()
+            .map(|n| names.label(*n))
             .collect();
-        let pods_of = |ips: &[std::net::Ipv4Addr]| {
-            const SHOWN: usize = 8;
-            let mut v: Vec<String> = ips
-                .iter()
-                .filter_map(|ip| pods_here.get(ip).map(|p| format!("{p} ({ip})")))
-                .collect();
-            if v.len() > SHOWN {
-                let more = v.len() - SHOWN;
-                v.truncate(SHOWN);
-                v.push(format!("+{more} more"));
-            }
-            v.join(", ")
-        };
-        for c in &st.conflicts {
-            info.conflicting_addresses += c.addresses.len() as u64;
-            let owner = c.owner.map_or("nobody".to_string(), label);
-            let line = if c.holder == me.name {
-                format!(
-                    "{} pod address(es) of this node are in block {}, which {owner} won after a partition: another pod may have the same address; delete these pods (their controllers recreate them with new addresses): {}",
-                    c.addresses.len(),
-                    c.block,
-                    pods_of(&c.addresses)
-                )
-            } else {
-                format!(
-                    "{} still holds {} address(es) in block {} now owned by {owner} (two pods may share an address; its status names the pods to delete)",
-                    label(c.holder),
-                    c.addresses.len(),
-                    c.block,
-                )
-            };
-            info.conflicts.push(line.clone());
-            info.problems.push(line);
-        }
-        for m in &st.mismatched {
-            info.problems.push(format!(
-                "{} uses range {} with /{} blocks; this router uses {}",
-                label(m.peer),
-                m.range,
-                m.block_prefix_len,
-                st.range
-            ));
-        }
-        for (block, peer) in &st.ours.contested {
-            info.problems.push(format!(
-                "block {block} of this node's pod CIDR is also claimed by {}: an address may be handed out twice",
-                label(*peer)
-            ));
-        }
-        if !st.ours.duplicates.is_empty() {
-            let line = format!(
-                "{} address(es) of pods on this node are also held by a pod on the other side of a healed partition (that node's status names the pods to delete; new pods never get them): {}",
-                st.ours.duplicates.len(),
-                pods_of(&st.ours.duplicates)
-            );
-            info.conflicts.push(line.clone());
-            info.problems.push(line);
-        }
-        if st.ours.exhausted {
-            info.problems
-                .push("the range is exhausted: new pods cannot get an address".to_string());
-        }
+        info.removed = st.removed.iter().map(|n| n.to_string()).collect();
+        ipam_problems(&st, me.name, &names, &mut info);
         info
     }
 
@@ -421,6 +351,107 @@ fn ipam_summary_for_readiness(ipam: &IpamInfo) -> String {
     match ipam.error.as_ref().or(ipam.problems.first()) {
         Some(p) => p.clone(),
         None => format!("waiting for an address block of {}", ipam.range),
+    }
+}
+
+/// Peer labels (`name(nickname)`) and the pods holding this node's addresses, for the IPAM
+/// lines of the status.
+struct Names {
+    nicknames: BTreeMap<PeerName, String>,
+    pods_here: BTreeMap<std::net::Ipv4Addr, String>,
+}
+
+impl Names {
+    fn of(mesh: &Mesh) -> Self {
+        Names {
+            nicknames: mesh
+                .peers()
+                .into_iter()
+                .map(|p| (p.name, p.nickname))
+                .collect(),
+            pods_here: mesh
+                .ipam_allocations()
+                .into_iter()
+                .map(|(k, a)| (a.ip, a.pod.unwrap_or(k.container_id)))
+                .collect(),
+        }
+    }
+
+    fn label(&self, n: PeerName) -> String {
+        match self.nicknames.get(&n) {
+            Some(nick) => format!("{n}({nick})"),
+            None => n.to_string(),
+        }
+    }
+
+    /// The pods holding these addresses (the first few), so that the operator can delete
+    /// them (their controllers recreate them with new addresses).
+    fn pods_of(&self, ips: &[std::net::Ipv4Addr]) -> String {
+        const SHOWN: usize = 8;
+        let mut v: Vec<String> = ips
+            .iter()
+            .filter_map(|ip| self.pods_here.get(ip).map(|p| format!("{p} ({ip})")))
+            .collect();
+        if v.len() > SHOWN {
+            let more = v.len() - SHOWN;
+            v.truncate(SHOWN);
+            v.push(format!("+{more} more"));
+        }
+        v.join(", ")
+    }
+}
+
+/// The IPAM problems an operator must see: addresses held twice after a partition, peers
+/// with another range, contested blocks, an exhausted range.
+fn ipam_problems(st: &weft_gossip::IpamStatus, me: PeerName, names: &Names, info: &mut IpamInfo) {
+    for c in &st.conflicts {
+        info.conflicting_addresses += c.addresses.len() as u64;
+        let owner = c.owner.map_or("nobody".to_string(), |n| names.label(n));
+        let line = if c.holder == me {
+            format!(
+                    "{} pod address(es) of this node are in block {}, which {owner} won after a partition: another pod may have the same address; delete these pods (their controllers recreate them with new addresses): {}",
+                    c.addresses.len(),
+                    c.block,
+                    names.pods_of(&c.addresses)
+                )
+        } else {
+            format!(
+                    "{} still holds {} address(es) in block {} now owned by {owner} (two pods may share an address; its status names the pods to delete)",
+                    names.label(c.holder),
+                    c.addresses.len(),
+                    c.block,
+                )
+        };
+        info.conflicts.push(line.clone());
+        info.problems.push(line);
+    }
+    for m in &st.mismatched {
+        info.problems.push(format!(
+            "{} uses range {} with /{} blocks; this router uses {}",
+            names.label(m.peer),
+            m.range,
+            m.block_prefix_len,
+            st.range
+        ));
+    }
+    for (block, peer) in &st.ours.contested {
+        info.problems.push(format!(
+                "block {block} of this node's pod CIDR is also claimed by {}: an address may be handed out twice",
+                names.label(*peer)
+            ));
+    }
+    if !st.ours.duplicates.is_empty() {
+        let line = format!(
+                "{} address(es) of pods on this node are also held by a pod on the other side of a healed partition (that node's status names the pods to delete; new pods never get them): {}",
+                st.ours.duplicates.len(),
+                names.pods_of(&st.ours.duplicates)
+            );
+        info.conflicts.push(line.clone());
+        info.problems.push(line);
+    }
+    if st.ours.exhausted {
+        info.problems
+            .push("the range is exhausted: new pods cannot get an address".to_string());
     }
 }
 
