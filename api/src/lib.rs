@@ -7,6 +7,8 @@
 //! small HTTP client for the router's socket (also used by `weft status`). Nothing here
 //! serves: the router's handlers live in the router.
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -32,6 +32,8 @@
 //! | 102 | interface plumbing failed; ADD found `CNI_IFNAME` already in the netns |
 //! | 103 | CHECK: router, `prevResult` and the interface disagree |
 
+#![forbid(unsafe_code)]
+
 pub mod plugin;
 mod plumbing;
 pub mod spec;

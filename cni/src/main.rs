@@ -3,6 +3,8 @@
 //! error JSON on stdout and exits 0 or 1. Logs go to stderr (warnings and errors, or as
 //! `RUST_LOG` says) and, when `WEFT_CNI_LOG` names a file, everything at debug level there too.
 
+#![forbid(unsafe_code)]
+
 use std::io::{IsTerminal as _, Read as _, Write as _};
 
 use tracing_subscriber::layer::SubscriberExt as _;

@@ -3,6 +3,8 @@
 //! the CNI error JSON on stdout, the exit status. No router runs here: these are the protocol
 //! and failure cases (the full ADD/DEL path against a router is tested elsewhere).
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 

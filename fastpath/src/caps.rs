@@ -26,6 +26,8 @@
 //! behind, run in the caller's namespace. `Unknown` is not `Missing`: the router still tries
 //! to create its VXLAN device and reports what the kernel said if that fails.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 

@@ -6,6 +6,8 @@
 //! with protocol 0 receives nothing, and `sendto` names the interface. Like any frame on the
 //! wire it is best effort: the caller logs a failure but does not undo the attachment for it.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

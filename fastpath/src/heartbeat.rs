@@ -32,6 +32,8 @@
 //! frames from its report too.) `PACKET_IGNORE_OUTGOING` keeps our own transmissions, and
 //! the clone the kernel would make of every transmitted frame for a tap, away from the socket.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,6 +11,8 @@
 //! once and checks that it really is a network namespace (`NS_GET_NSTYPE`), so later steps act
 //! on that namespace even if the path is replaced meanwhile.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

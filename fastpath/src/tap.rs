@@ -11,6 +11,8 @@
 //! `IFF_MULTI_QUEUE` differs from the device's, so the sleeve must set it too. `IFF_VNET_HDR`
 //! is per attach and is the sleeve's choice; `IFF_NO_PI` is set here and must be kept.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 

@@ -9,6 +9,8 @@
 //! ```
 //! (`scripts/test.sh` does this on every run, with the release build.) Needs root.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 mod common;
 mod twonode;
 

@@ -2,6 +2,8 @@
 //! health driven by them with the real clock: UDP 6785 blocked with nftables in the underlay
 //! moves traffic to the sleeve within 2 s, unblocking brings it back within 10 s. Needs root.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 mod common;
 mod twonode;
 

@@ -1,5 +1,7 @@
 //! The namespace runner: errors for bad paths, and the caller never changes namespace.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 mod common;
 
 use common::{require_root, TestNs};

@@ -1,6 +1,8 @@
 //! Pod attachments end to end: a "host" namespace with the bridge, pod namespaces attached to
 //! it, real traffic between them. Needs root.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 mod common;
 
 use std::io::{Read, Write};

@@ -1,6 +1,8 @@
 //! The VXLAN device and pod traffic over it, with the real kernel. Needs root; every node is a
 //! namespace of its own.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 mod common;
 mod twonode;
 

@@ -10,6 +10,8 @@
 //! are equal (checked to stay so through the measurement window); gossip bytes: sent per
 //! peer per second over `--window-s` virtual seconds after convergence.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};

@@ -29,6 +29,8 @@
 //! (unicast next hops, broadcast trees), [`ipam`] (address blocks and allocations),
 //! [`mesh`] (the API tying them), [`sim`] (the simulator).
 
+#![forbid(unsafe_code)]
+
 mod conns;
 mod gossip;
 pub mod handshake;

@@ -14,6 +14,8 @@
 //! faster on long element lists alone, 10–30% on 50,000 elements, which these tables do not
 //! have.) The router's masquerade table stays on the crate; both end up in the same kernel API.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use crate::model::Direction;
 use crate::render::Ruleset;
 use serde::Serialize;

@@ -5,6 +5,8 @@
 //!
 //! [`parse_message`] is pure (tested on crafted bytes); [`NflogReader`] is the socket.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use crate::model::Direction;
 use crate::render::LOG_PREFIX;
 use serde::Serialize;

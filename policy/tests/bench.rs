@@ -9,6 +9,8 @@
 //! Repeated measurements give the median and the range. Prints a markdown table. Needs root
 //! and a release build for meaningful figures.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;

@@ -6,6 +6,8 @@
 //! observed matrix, compared with the compiled policy's: every truth-table scenario and a
 //! dozen seeded generated policy sets. Needs root.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 mod common;
 
 use common::generate::gen_policy;

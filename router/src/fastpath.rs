@@ -730,6 +730,7 @@ fn mac_of_u64(v: u64) -> Mac {
 }
 
 /// This host's IPv4 addresses (a peer advertising one of them is refused).
+#[allow(unsafe_code)] // getifaddrs
 fn local_ipv4_addrs() -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     // SAFETY: getifaddrs/freeifaddrs pair; every pointer read is checked for null and

@@ -4,6 +4,8 @@
 //! kernel PMTU cache), GSO refusals fall back to separate datagrams, and a full send buffer
 //! yields `WouldBlock` after a bounded wait.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 mod driver_util;
 
 use std::io;

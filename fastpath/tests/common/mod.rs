@@ -4,6 +4,7 @@
 //! Every test plays "host" inside a namespace of its own, so the machine's real network is
 //! never touched.
 #![allow(dead_code)]
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! Starting detached routers in namespaces and stopping processes by pid.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;

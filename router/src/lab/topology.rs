@@ -16,6 +16,8 @@
 //! The plumbing is synchronous (it runs short `ip` commands) so that it can also run from
 //! `Drop` guards; async callers use the wrappers, which run it on the blocking pool.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Command;

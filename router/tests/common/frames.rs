@@ -1,6 +1,8 @@
 //! Hand-made frames for attack tests, and a raw packet socket inside a namespace to send them
 //! and to watch what arrives: what a pod with `NET_RAW` (a default container capability) can do.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,8 @@
 //! the podCIDR in its peer cache.
 //! Needs root, iproute2, nft and ping; `#[ignore]`d unless asked for (see main.rs).
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use crate::common;
 use crate::common::ip;
 use crate::common::prerequisites;

@@ -24,6 +24,8 @@
 //! containernetworking-plugins and iptables (`scripts/test.sh` installs them). As root a
 //! missing piece is a failure, not a skip; `WEFT_SKIP_PODMAN=1` skips the test explicitly.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -10,6 +10,8 @@
 //! never extends it either. A descriptor in error or hung up counts as ready: the following
 //! read reports what went wrong instead of the loop sleeping on it forever.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};

@@ -6,6 +6,8 @@
 //! `CMSG_*` pointer macros, so no pointer arithmetic on kernel-filled buffers is needed; a unit
 //! test checks the arithmetic against libc's macros.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddrV4};

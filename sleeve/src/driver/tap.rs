@@ -26,6 +26,8 @@
 //! kernel hands *to* us. The descriptor is non-blocking; reads of an empty queue return
 //! `WouldBlock` (wait with [`super::wait_readable`]).
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 

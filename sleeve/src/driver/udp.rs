@@ -34,6 +34,8 @@
 //! did not fit its buffer (`MSG_TRUNC`) is dropped and counted ([`Udp::truncated`]), never
 //! handed over half; buffers of 65 535 bytes never truncate.
 
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
+
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -278,6 +278,7 @@ pub struct Engine {
 }
 
 /// Reads the MTU the kernel would use towards `dst` (the route's or interface's MTU).
+#[allow(unsafe_code)] // getsockopt(IP_MTU)
 pub fn route_mtu(dst: Ipv4Addr) -> Option<u16> {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect(SocketAddrV4::new(dst, 9)).ok()?;

@@ -4,6 +4,7 @@
 //! Every test builds its own topology from namespaces named `wsd-<pid>-<n>-<tag>`; nothing is
 //! created in the machine's own namespace and traffic stays inside the test's namespaces.
 #![allow(dead_code)]
+#![allow(unsafe_code)] // syscalls and FFI; each use has its SAFETY note
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
